@@ -1,0 +1,1 @@
+"""BraTS data layer: conventions, case I/O and validation, the synthetic phantom."""
