@@ -1,0 +1,327 @@
+"""Triton kernels of the chunked selective scan (forward and backward).
+
+The sequence is cut into chunks that run in parallel, and each chunk into tiles of T positions.
+Inside a tile the recurrence h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t is a parallel
+associative scan over (BD channels, NP states, T positions); tiles follow each other inside a
+chunk with the state carried in registers. Chunks are joined by two short passes:
+``_fwd_chunk_state`` gives every chunk's end state from a zero start and its summed delta (the
+chunk's decay is exp(A * sum delta)), ``_chunk_scan`` runs the recurrence over the chunks, and
+``_fwd_chunk_out`` recomputes each chunk from its true start state and writes y, with the D*u
+skip and the silu(z) gate fused. The backward pass is the adjoint analogue, scanned from the
+right: ``_bwd_chunk_state`` and ``_chunk_scan(REVERSE)`` give each chunk's adjoint inflow, and
+``_bwd_chunk_grads`` walks its tiles right to left, recomputing the forward states of a tile
+from the tile-start states the forward pass saved, never a (batch, E, L, N) tensor.
+All state arithmetic is fp32. This module imports triton; import it only where triton works.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+@triton.jit
+def _softplus(x):
+    """mamba_ssm's softplus: log1p(exp(x)) for x <= 20, else x; log1p kept accurate for small exp(x)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    lp = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
+    return tl.where(x <= 20.0, lp, x)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _combine_fwd(a1, b1, a2, b2):
+    """Compose h -> a1 h + b1 (earlier) with h -> a2 h + b2 (later)."""
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _combine_adj(fa_r, p_r, b_r, fa_l, p_l, b_l):
+    """Compose adjoint segments for a right-to-left scan (first argument: the later segment).
+
+    A segment [t..s] is (a_t, prod_{r=t+1..s} a_r, g_t with no inflow past s), where the adjoint
+    obeys g_t = C_t dy_t + a_{t+1} g_{t+1}.
+    """
+    m = p_l * fa_r
+    return fa_l, m * p_r, b_l + m * b_r
+
+
+@triton.jit
+def _load_delta(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw delta (+ bias) and the effective delta (softplus'd, zero outside the sequence)."""
+    raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dl = raw
+    if SOFTPLUS:
+        dl = _softplus(raw)
+    dl = tl.where(mask, dl, 0.0)
+    return raw, dl
+
+
+@triton.jit
+def _fwd_chunk_state(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, dsum_ptr,
+                     E, L, N, G, nchunks, chunk_len,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """Per (chunk, channel block, batch): end state from a zero start, and the summed delta."""
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    grp = (pid_d * BD) // (E // G)
+    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
+    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
+    S = tl.zeros((BD, NP), tl.float32)
+    dsum = tl.zeros((BD,), tl.float32)
+    start = pid_c * chunk_len
+    end = tl.minimum(start + chunk_len, L)
+    for t0 in range(start, end, T):
+        t = t0 + offs_t
+        mt = (t < L)[None, :]
+        _, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + brow + t[None, :], mask=mask_n[:, None] & mt, other=0.0).to(tl.float32)
+        cum = tl.cumsum(dl, axis=1)
+        tot = tl.sum(dl, axis=1)
+        w = tl.exp2(A2[:, :, None] * (tot[:, None] - cum)[:, None, :])
+        S = S * tl.exp2(A2 * tot[:, None]) + tl.sum(w * (dl * uu)[:, None, :] * Bt[None, :, :], axis=2)
+        dsum += tot
+    cidx = (pid_b * E + offs_d) * nchunks + pid_c
+    tl.store(S_ptr + cidx[:, None] * N + offs_n[None, :], S, mask=mask_n[None, :])
+    tl.store(dsum_ptr + cidx, dsum)
+
+
+@triton.jit
+def _chunk_scan(S_ptr, dsum_ptr, A_ptr, H_ptr, E, N, nchunks,
+                REVERSE: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
+    """Recurrence over chunks: H[c] is the state entering chunk c (from the left, or the right)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < E
+    offs_n = tl.arange(0, NP)
+    m2 = mask_d[:, None] & (offs_n < N)[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
+    base = (pid_b * E + offs_d) * nchunks
+    h = tl.zeros((BD, NP), tl.float32)
+    for i in range(nchunks):
+        c = i
+        if REVERSE:
+            c = nchunks - 1 - i
+        idx = base + c
+        tl.store(H_ptr + idx[:, None] * N + offs_n[None, :], h, mask=m2)
+        s = tl.load(S_ptr + idx[:, None] * N + offs_n[None, :], mask=m2, other=0.0)
+        ds = tl.load(dsum_ptr + idx, mask=mask_d, other=0.0)
+        h = h * tl.exp2(A2 * ds[:, None]) + s
+
+
+@triton.jit
+def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+                   H_ptr, out_ptr, Hsave_ptr, last_ptr,
+                   E, L, N, G, nchunks, chunk_len, ntiles,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
+                   HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, SAVE: tl.constexpr,
+                   RET_LAST: tl.constexpr,
+                   BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """Per (chunk, channel block, batch): scan the chunk from its start state and write y."""
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    grp = (pid_d * BD) // (E // G)
+    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d).to(tl.float32)
+    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
+    srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
+    if HAS_INIT:
+        cidx = (pid_b * E + offs_d) * nchunks + pid_c
+        h = tl.load(H_ptr + cidx[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+    else:
+        h = tl.zeros((BD, NP), tl.float32)
+    start = pid_c * chunk_len
+    end = tl.minimum(start + chunk_len, L)
+    for t0 in range(start, end, T):
+        t = t0 + offs_t
+        mt = (t < L)[None, :]
+        _, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        mnt = mask_n[:, None] & mt
+        Bt = tl.load(B_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+        if SAVE:
+            tl.store(Hsave_ptr + (srow + t0 // T)[:, None] * N + offs_n[None, :], h, mask=mask_n[None, :])
+        dA = tl.exp2(A2[:, :, None] * dl[:, None, :])
+        x = (dl * uu)[:, None, :] * Bt[None, :, :]
+        pa, hb = tl.associative_scan((dA, x), axis=2, combine_fn=_combine_fwd)
+        hs = hb + pa * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y += Dv[:, None] * uu
+        if HAS_Z:
+            zz = tl.load(z_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+            y = y * zz * _sigmoid(zz)
+        tl.store(out_ptr + row + t[None, :], y, mask=mt)
+        h = tl.sum(tl.where((offs_t == T - 1)[None, None, :], hs, 0.0), axis=2)
+    if RET_LAST:
+        lidx = (pid_b * E + offs_d)[:, None] * N + offs_n[None, :]
+        tl.store(last_ptr + lidx, h, mask=mask_n[None, :] & (pid_c == nchunks - 1))
+
+
+@triton.jit
+def _bwd_chunk_state(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, S_ptr, dsum_ptr,
+                     E, L, N, G, nchunks, chunk_len,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+                     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """Per chunk: the adjoint it sends out of its left end (a_s g_s) with no inflow from the right."""
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    grp = (pid_d * BD) // (E // G)
+    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
+    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
+    S = tl.zeros((BD, NP), tl.float32)
+    run = tl.zeros((BD,), tl.float32)
+    start = pid_c * chunk_len
+    end = tl.minimum(start + chunk_len, L)
+    for t0 in range(start, end, T):
+        t = t0 + offs_t
+        mt = (t < L)[None, :]
+        _, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
+        dy = tl.load(dout_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+            dy = dy * zz * _sigmoid(zz)
+        Ct = tl.load(C_ptr + brow + t[None, :], mask=mask_n[:, None] & mt, other=0.0).to(tl.float32)
+        cum = tl.cumsum(dl, axis=1) + run[:, None]
+        w = tl.exp2(A2[:, :, None] * cum[:, None, :])
+        S += tl.sum(w * Ct[None, :, :] * dy[:, None, :], axis=2)
+        run += tl.sum(dl, axis=1)
+    cidx = (pid_b * E + offs_d) * nchunks + pid_c
+    tl.store(S_ptr + cidx[:, None] * N + offs_n[None, :], S, mask=mask_n[None, :])
+    tl.store(dsum_ptr + cidx, run)
+
+
+@triton.jit
+def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+                     Hsave_ptr, R_ptr,
+                     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                     E, L, N, G, nchunks, chunk_len, ntiles,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
+                     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+                     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """Per (chunk, channel block, batch): walk the tiles right to left and write all gradients.
+
+    dB/dC are written per channel block (summed over the block's channels) into partial buffers
+    (batch, G, blocks per group, N, L); dA/dD/dbias per (batch, chunk); the caller sums them.
+    """
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    per_grp = E // G
+    grp = (pid_d * BD) // per_grp
+    nblk = per_grp // BD
+    jblk = pid_d % nblk
+    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    bias = tl.zeros((BD,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d).to(tl.float32)
+    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
+    prow = (((pid_b * G + grp) * nblk + jblk) * N + offs_n[:, None]).to(tl.int64) * L
+    srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
+    cidx = (pid_b * E + offs_d) * nchunks + pid_c
+    if HAS_INIT:
+        R = tl.load(R_ptr + cidx[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+    else:
+        R = tl.zeros((BD, NP), tl.float32)
+    dA_acc = tl.zeros((BD, NP), tl.float32)
+    dD_acc = tl.zeros((BD,), tl.float32)
+    db_acc = tl.zeros((BD,), tl.float32)
+    ones = tl.full((BD, NP, T), 1.0, tl.float32)
+    start = pid_c * chunk_len
+    end = tl.minimum(start + chunk_len, L)
+    ntile_c = (end - start + T - 1) // T
+    for i in range(ntile_c):
+        t0 = start + (ntile_c - 1 - i) * T
+        t = t0 + offs_t
+        mt = (t < L)[None, :]
+        raw, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        mnt = mask_n[:, None] & mt
+        Bt = tl.load(B_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+        h0 = tl.load(Hsave_ptr + (srow + t0 // T)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+        dA = tl.exp2(A2[:, :, None] * dl[:, None, :])
+        x = (dl * uu)[:, None, :] * Bt[None, :, :]
+        pa, hb = tl.associative_scan((dA, x), axis=2, combine_fn=_combine_fwd)
+        hs = hb + pa * h0[:, :, None]
+        dy = tl.load(dout_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+            sz = _sigmoid(zz)
+            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            if HAS_D:
+                y += Dv[:, None] * uu
+            tl.store(dz_ptr + row + t[None, :], dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=mt)
+            dy = dy * zz * sz
+        bt = Ct[None, :, :] * dy[:, None, :]
+        _, pg, bg = tl.associative_scan((dA, ones, bt), axis=2, combine_fn=_combine_adj, reverse=True)
+        g = bg + pg * R[:, :, None]
+        hprev = hs - x
+        du = tl.sum(g * Bt[None, :, :], axis=1) * dl
+        if HAS_D:
+            du += Dv[:, None] * dy
+            dD_acc += tl.sum(dy * uu, axis=1)
+        ddl = tl.sum(g * (Bt[None, :, :] * uu[:, None, :] + hprev * A[:, :, None]), axis=1)
+        dA_acc += tl.sum(g * hprev * dl[:, None, :], axis=2)
+        dBt = tl.sum(g * (dl * uu)[:, None, :], axis=0)
+        dCt = tl.sum(hs * dy[:, None, :], axis=0)
+        tl.store(dB_ptr + prow + t[None, :], dBt, mask=mnt)
+        tl.store(dC_ptr + prow + t[None, :], dCt, mask=mnt)
+        if SOFTPLUS:
+            ddl = tl.where(raw <= 20.0, ddl * _sigmoid(raw), ddl)
+        ddl = tl.where(mt, ddl, 0.0)
+        db_acc += tl.sum(ddl, axis=1)
+        tl.store(du_ptr + row + t[None, :], du, mask=mt)
+        tl.store(ddelta_ptr + row + t[None, :], ddl, mask=mt)
+        R = tl.sum(tl.where((offs_t == 0)[None, None, :], dA * g, 0.0), axis=2)
+    pidx = (pid_b * nchunks + pid_c) * E + offs_d
+    tl.store(dA_ptr + pidx[:, None] * N + offs_n[None, :], dA_acc, mask=mask_n[None, :])
+    tl.store(dD_ptr + pidx, dD_acc)
+    tl.store(dbias_ptr + pidx, db_acc)
