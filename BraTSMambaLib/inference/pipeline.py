@@ -1,0 +1,290 @@
+"""Segment a case end to end: load, preprocess (nnU-Net), sliding-window predict, restore the input
+geometry, assemble labels, write outputs; and batches of cases (resumable, split across torchrun ranks).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from BraTSMambaLib.data import conventions as C
+from BraTSMambaLib.errors import BraTSInputError
+from BraTSMambaLib.inference import outputs as O
+from BraTSMambaLib.inference import postprocessing as P
+from BraTSMambaLib.inference.package import ModelPackage
+from BraTSMambaLib.inference.predictor import SlidingWindowPredictor, resolve_device
+
+FAST_OVERLAP = 0.25
+
+
+@dataclass
+class SegmentOptions:
+    """What the `segment` command's flags control."""
+
+    device: str = "auto"
+    fast: bool = False
+    overlap: float | None = None
+    tta: int | None = None
+    labels: str = "2021"
+    tiles_per_forward: int | None = None
+    precision: str = "auto"
+    save_probabilities: bool = False
+    overlay: bool = False
+    evaluate: bool = False
+    overwrite: bool = False
+
+    @property
+    def effective_overlap(self) -> float:
+        return self.overlap if self.overlap is not None else (FAST_OVERLAP if self.fast else 0.5)
+
+    @property
+    def effective_tta(self) -> int:
+        return self.tta if self.tta is not None else (1 if self.fast else 8)
+
+
+@dataclass
+class LoadedModel:
+    """A verified package with its networks on a device, plans, and a sliding-window predictor."""
+
+    package: ModelPackage
+    predictor: SlidingWindowPredictor
+    plans: tuple
+    load_seconds: float
+
+    @property
+    def device(self):
+        return self.predictor.device
+
+
+def load_model(model: str | os.PathLike | ModelPackage | None, options: SegmentOptions) -> LoadedModel:
+    """Resolve `model` (catalogue name, package, nnU-Net folder), verify it, build its networks."""
+    from BraTSMambaLib.inference.catalogue import resolve_model
+    from BraTSMambaLib.inference.preprocessing import plans_for
+
+    t0 = time.perf_counter()
+    pkg = model if isinstance(model, ModelPackage) else resolve_model(model)
+    device = resolve_device(options.device)
+    if device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    nets = pkg.build_networks(device)
+    predictor = SlidingWindowPredictor(
+        nets, pkg.patch_size, device, overlap=options.effective_overlap, tta=options.effective_tta,
+        mirror_axes=pkg.mirror_axes, tiles_per_forward=options.tiles_per_forward, precision=options.precision)
+    return LoadedModel(pkg, predictor, plans_for(pkg), time.perf_counter() - t0)
+
+
+class _Timer:
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self.times: dict[str, float] = {}
+        self.sync = sync or (lambda: None)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.sync()
+        self.times[stage] = round(self.times.get(stage, 0.0) + time.perf_counter() - t0, 4)
+
+
+@dataclass
+class CaseResult:
+    """What segmenting one case produced (arrays kept for callers such as the Slicer module)."""
+
+    case_id: str
+    paths: dict[str, Path]
+    report: dict[str, Any]
+    labels: np.ndarray = field(repr=False, default=None)
+    regions: np.ndarray = field(repr=False, default=None)
+    probabilities: np.ndarray | None = field(repr=False, default=None)
+
+
+def predict_case(case, model: LoadedModel, options: SegmentOptions, timer: _Timer | None = None) -> tuple:
+    """(probabilities (3, z, y, x) on the input grid, timings) for a loaded BraTSCase, nothing written."""
+    from BraTSMambaLib.inference.preprocessing import preprocess, restore
+
+    timer = timer or _Timer(_sync_for(model.device))
+    pm, cm, dj = model.plans
+    with timer("preprocess"):
+        spacing_zyx = tuple(reversed(case.reference.GetSpacing()))
+        data, props = preprocess(case.array(), spacing_zyx, pm, cm, dj)
+    with timer("inference"):
+        prob = model.predictor.predict(data)
+    with timer("postprocess"):
+        full = restore(prob, props, pm, cm, dj)
+    return full, timer.times
+
+
+def segment_case(
+    case: Any, model: LoadedModel, out_dir: str | os.PathLike, options: SegmentOptions,
+) -> CaseResult:
+    """Segment one case (folder, {modality: path} or BraTSCase) and write its outputs into `out_dir`.
+
+    Existing outputs are refused before any work unless `options.overwrite`; if writing fails half way
+    the files written by this call are removed again.
+    """
+    from BraTSMambaLib.data.case import BraTSCase, load_case
+
+    timer = _Timer(_sync_for(model.device))
+    t_start = time.perf_counter()
+    with timer("read"):
+        if not isinstance(case, BraTSCase):
+            case = load_case(case, require_seg=options.evaluate)
+    paths = O.output_paths(out_dir, case.case_id, probabilities=options.save_probabilities, overlay=options.overlay)
+    O.check_targets(paths, options.overwrite)
+    if options.evaluate and case.seg is None:
+        raise BraTSInputError(f"case {case.case_id}: --evaluate needs its label map (<case>_seg.nii.gz)")
+    prob, _ = predict_case(case, model, options, timer)
+    with timer("postprocess"):
+        labels = P.label_map(P.region_masks(prob), options.labels)
+        regions = P.consistent_regions(labels, options.labels)
+        spacing = tuple(case.reference.GetSpacing())
+        report: dict[str, Any] = {
+            "case": case.case_id,
+            "label_convention": C.label_convention(options.labels).name,
+            **P.volumes_ml(regions, labels, spacing, options.labels),
+        }
+    if options.evaluate:
+        with timer("evaluate"):
+            report["evaluation"] = evaluate(labels, case, options.labels)
+    report.update(
+        model={"name": model.package.name, "network": model.package.network_name,
+               "folds": len(model.package.weight_files), "source": str(model.package.source)},
+        settings={"overlap": model.predictor.overlap, "tta": len(model.predictor.flips),
+                  "tiles_per_forward": model.predictor.tiles_per_forward,
+                  "precision": str(model.predictor.dtype).replace("torch.", "") if model.predictor.dtype else "float32"},
+        device=_device_name(model.device),
+        inputs={k: str(p) for k, p in case.paths.items()},
+    )
+    written: list[Path] = []
+    try:
+        with timer("write"):
+            ref = case.reference
+            from BraTSMambaLib.data.io import write_label_map
+
+            written.append(write_label_map(labels, ref, paths["seg"], overwrite=options.overwrite))
+            written.append(O.write_seg_nrrd(regions, ref, paths["nrrd"], overwrite=options.overwrite))
+            if "probabilities" in paths:
+                written.append(O.write_probabilities(prob, ref, paths["probabilities"], overwrite=options.overwrite))
+            if "overlay" in paths:
+                import SimpleITK as sitk
+
+                flair = sitk.GetArrayViewFromImage(case.images["flair"])
+                written.append(O.write_overlay(flair, regions, spacing, paths["overlay"],
+                                               title=f"{case.case_id} - {model.package.name}",
+                                               overwrite=options.overwrite))
+        times = dict(timer.times)
+        times["total_excluding_io"] = round(sum(v for k, v in times.items() if k not in ("read", "write")), 4)
+        times["total"] = round(time.perf_counter() - t_start, 4)
+        report["timings_s"] = times
+        written.append(O.write_json(report, paths["volumes"], overwrite=options.overwrite))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return CaseResult(case.case_id, paths, report, labels, regions, prob if options.save_probabilities else None)
+
+
+def evaluate(labels: np.ndarray, case, convention: str) -> dict[str, Any]:
+    """Dice/HD95 per region of `labels` against the case's own label map (BraTSMambaLib.metrics)."""
+    from BraTSMambaLib.metrics import evaluate_labels
+
+    ref = case.seg_array(convention)
+    spacing_zyx = tuple(reversed(case.reference.GetSpacing()))
+    result = evaluate_labels(labels, ref, spacing_zyx, convention)
+    return _jsonable(result)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return _jsonable(vars(obj))
+    return obj
+
+
+def is_complete(out_dir: str | os.PathLike, case_id: str, options: SegmentOptions) -> bool:
+    """True when every output the options ask for exists (volumes.json is written last)."""
+    paths = O.output_paths(out_dir, case_id, probabilities=options.save_probabilities, overlay=options.overlay)
+    return all(p.is_file() for p in paths.values())
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when not launched by torchrun."""
+    return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+@dataclass
+class BatchResult:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def segment_batch(
+    root: str | os.PathLike, model: LoadedModel, out_dir: str | os.PathLike, options: SegmentOptions,
+    *, progress: bool = True, log: Callable[[str], None] = print,
+) -> BatchResult:
+    """Segment every case folder below `root`; skip complete ones, continue past failures.
+
+    Under torchrun (RANK/WORLD_SIZE) each rank takes every WORLD_SIZE-th case of the sorted list.
+    """
+    from tqdm import tqdm
+
+    from BraTSMambaLib.data.case import find_cases, scan_folder
+
+    folders = find_cases(root)
+    if not folders:
+        raise BraTSInputError(f"{root}: no BraTS case folders found below it")
+    rank, world = rank_and_world()
+    mine = folders[rank::world]
+    result = BatchResult()
+    bar = tqdm(mine, desc=f"segment{f' [rank {rank}/{world}]' if world > 1 else ''}", unit="case",
+               disable=not progress)
+    for folder in bar:
+        scan = scan_folder(folder)
+        case_id = scan.case_id or folder.name
+        bar.set_postfix_str(case_id)
+        if not options.overwrite and scan.case_id and is_complete(out_dir, case_id, options):
+            result.skipped.append(case_id)
+            continue
+        try:
+            segment_case(folder, model, out_dir, options)
+            result.done.append(case_id)
+        except BraTSInputError as e:
+            result.failed[case_id] = str(e)
+        except Exception as e:  # a broken case must not stop the batch
+            result.failed[case_id] = f"{type(e).__name__}: {e}"
+            if os.environ.get("BRATSMAMBA_DEBUG"):
+                traceback.print_exc()
+    return result
+
+
+def _sync_for(device) -> Callable[[], None] | None:
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return lambda: torch.cuda.synchronize(device)
+    return None
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return str(device)

@@ -1,0 +1,159 @@
+"""Preprocessing identical to training, through nnU-Net's own classes, and its exact inverse.
+
+Forward (nnU-Net `DefaultPreprocessor.run_case_npy`): transpose, crop to the nonzero region, z-score
+each modality over the brain mask, resample to the training spacing. Backward (nnU-Net's
+`resampling_fn_probabilities` and `LabelManager.revert_cropping_on_probabilities`): resample the
+region probabilities to the cropped input grid, put them back into the full volume, transpose back.
+A package trained with nnU-Net carries its plans.json/dataset.json; for other packages equivalent
+plans are built in memory from model.json so the same code runs.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from BraTSMambaLib.data import conventions as C
+from BraTSMambaLib.errors import ModelPackageError
+
+if TYPE_CHECKING:
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+    from BraTSMambaLib.inference.package import ModelPackage
+
+#: nnU-Net's ExperimentPlanner defaults for 3d_fullres resampling (nnunetv2 2.8.1).
+_RESAMPLING = {
+    "resampling_fn_data": "resample_data_or_seg_to_shape",
+    "resampling_fn_seg": "resample_data_or_seg_to_shape",
+    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+}
+
+
+def region_dataset_json() -> dict[str, Any]:
+    """dataset.json for BraTS region training (channels in MODALITIES order, nnU-Net region labels)."""
+    labels: dict[str, Any] = {"background": 0}
+    labels.update({r: list(C.NNUNET_REGIONS[r]) for r in C.REGIONS})
+    return {
+        "channel_names": {str(i): C.MODALITY_TITLES[m] for i, m in enumerate(C.MODALITIES)},
+        "labels": labels,
+        "regions_class_order": list(C.NNUNET_REGIONS_CLASS_ORDER),
+        "numTraining": 0,
+        "file_ending": ".nii.gz",
+    }
+
+
+def equivalent_plans(
+    target_spacing_zyx: Sequence[float],
+    patch_size: Sequence[int],
+    *,
+    configuration: str = "3d_fullres",
+    network_class_name: str = "BraTSMambaLib.nets.build_model",
+    use_mask_for_norm: bool = True,
+    normalization: str = "ZScoreNormalization",
+) -> dict[str, Any]:
+    """An nnU-Net plans dict for a package without plans: same preprocessing as nnU-Net's planner
+    chooses for BraTS (crop to nonzero, z-score over the brain mask, third-order resampling)."""
+    spacing = [float(s) for s in target_spacing_zyx]
+    return {
+        "dataset_name": "BraTSMamba",
+        "plans_name": "BraTSMambaEquivalentPlans",
+        "original_median_spacing_after_transp": spacing,
+        "original_median_shape_after_transp": [155, 240, 240],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            configuration: {
+                "data_identifier": f"BraTSMamba_{configuration}",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": 2,
+                "patch_size": [int(p) for p in patch_size],
+                "median_image_size_in_voxels": [155, 240, 240],
+                "spacing": spacing,
+                "normalization_schemes": [normalization] * len(C.MODALITIES),
+                "use_mask_for_norm": [bool(use_mask_for_norm)] * len(C.MODALITIES),
+                **_RESAMPLING,
+                "architecture": {"network_class_name": network_class_name, "arch_kwargs": {},
+                                 "_kw_requires_import": []},
+                "batch_dice": False,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            str(i): {"mean": 0.0, "std": 1.0, "median": 0.0, "min": 0.0, "max": 1.0,
+                     "percentile_00_5": 0.0, "percentile_99_5": 1.0} for i in range(len(C.MODALITIES))
+        },
+    }
+
+
+def plans_for(pkg: "ModelPackage") -> tuple["PlansManager", "ConfigurationManager", dict]:
+    """(PlansManager, ConfigurationManager, dataset_json) of a package: its own nnU-Net files, or equivalents."""
+    return _plans_cached(str(pkg.root), json.dumps(pkg.meta, sort_keys=True))
+
+
+@lru_cache(maxsize=8)
+def _plans_cached(root: str, meta_json: str):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from pathlib import Path
+
+    meta = json.loads(meta_json)
+    pre = meta.get("preprocessing", {})
+    configuration = pre.get("configuration", "3d_fullres")
+    if pre.get("nnunet_plans"):
+        plans = json.loads((Path(root) / pre["nnunet_plans"]).read_text(encoding="utf-8"))
+        dataset_json = json.loads((Path(root) / pre["nnunet_dataset"]).read_text(encoding="utf-8"))
+    else:
+        plans = equivalent_plans(pre.get("target_spacing_zyx", (1.0, 1.0, 1.0)), meta["patch_size"],
+                                 configuration=configuration, use_mask_for_norm=pre.get("use_mask_for_norm", True),
+                                 normalization=pre.get("normalization", "ZScoreNormalization"))
+        dataset_json = region_dataset_json()
+    pm = PlansManager(plans)
+    if configuration not in pm.available_configurations:
+        raise ModelPackageError(f"{root}: plans have no configuration {configuration!r} "
+                                f"(available: {pm.available_configurations})")
+    cm = pm.get_configuration(configuration)
+    lm = pm.get_label_manager(dataset_json)
+    if not lm.has_regions or len(lm.foreground_regions) != len(C.REGIONS):
+        raise ModelPackageError(f"{root}: dataset.json does not define the three BraTS regions "
+                                "(region training with regions_class_order)")
+    return pm, cm, dataset_json
+
+
+def preprocess(
+    data: np.ndarray, spacing_zyx: Sequence[float], pm: "PlansManager", cm: "ConfigurationManager", dataset_json: dict
+) -> tuple[np.ndarray, dict]:
+    """nnU-Net preprocessing of a (4, z, y, x) stack; returns (data, properties for `restore`)."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    props: dict[str, Any] = {"spacing": [float(s) for s in spacing_zyx]}
+    pre = DefaultPreprocessor(verbose=False)
+    out, _seg, props = pre.run_case_npy(data, None, props, pm, cm, dataset_json)
+    return np.ascontiguousarray(out, dtype=np.float32), props
+
+
+def restore(
+    probabilities: "torch.Tensor | np.ndarray", props: dict, pm: "PlansManager", cm: "ConfigurationManager",
+    dataset_json: dict,
+) -> np.ndarray:
+    """Region probabilities on the preprocessed grid -> (3, z, y, x) float32 on the input grid."""
+    import torch
+
+    spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
+    shape = props["shape_after_cropping_and_before_resampling"]
+    current = cm.spacing if len(cm.spacing) == len(shape) else [spacing_t[0], *cm.spacing]
+    if tuple(probabilities.shape[1:]) != tuple(shape):
+        probabilities = cm.resampling_fn_probabilities(probabilities, shape, current, spacing_t)
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.float().cpu().numpy()
+    lm = pm.get_label_manager(dataset_json)
+    full = lm.revert_cropping_on_probabilities(np.asarray(probabilities, dtype=np.float32),
+                                               props["bbox_used_for_cropping"], props["shape_before_cropping"])
+    return np.ascontiguousarray(full.transpose([0] + [i + 1 for i in pm.transpose_backward]))
