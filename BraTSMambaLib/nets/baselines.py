@@ -14,18 +14,7 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.mednext import MedNeXt
 
 from BraTSMambaLib.errors import BraTSInputError
-
-#: `create_mednext` variants (MONAI 1.6.1): expansion ratios and block counts; init_filters 32.
-MEDNEXT_VARIANTS: dict[str, dict[str, Any]] = {
-    "S": dict(encoder_expansion_ratio=2, decoder_expansion_ratio=2, bottleneck_expansion_ratio=2,
-              blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
-    "B": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2),
-              bottleneck_expansion_ratio=4, blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
-    "M": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2),
-              bottleneck_expansion_ratio=4, blocks_down=(3, 4, 4, 4), blocks_bottleneck=4, blocks_up=(4, 4, 4, 3)),
-    "L": dict(encoder_expansion_ratio=(3, 4, 8, 8), decoder_expansion_ratio=(8, 8, 4, 3),
-              bottleneck_expansion_ratio=8, blocks_down=(3, 4, 8, 8), blocks_bottleneck=8, blocks_up=(8, 8, 4, 3)),
-}
+from BraTSMambaLib.nets.defaults import MEDNEXT_VARIANTS
 
 
 class MedNeXtNet(MedNeXt):
@@ -40,6 +29,11 @@ class MedNeXtNet(MedNeXt):
         if enabled and not hasattr(self, "out_blocks"):
             raise BraTSInputError("this MedNeXt was built without deep-supervision heads")
         self.do_ds = bool(enabled)
+
+    @property
+    def ds_scales(self) -> list[float]:
+        """Resolution of each deep-supervision output relative to the input, highest first."""
+        return [0.5 ** i for i in range(len(self.dec_stages) + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x = self.stem(x)

@@ -77,8 +77,9 @@ class UNetResEncoder(nn.Module):
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: Sequence[int],
                  conv_op: type[nn.Module], kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
-                 n_blocks_per_stage: Sequence[int], conv_bias: bool = True, norm_op: type[nn.Module] = nn.InstanceNorm3d,
-                 norm_op_kwargs: dict | None = None, nonlin: type[nn.Module] = nn.LeakyReLU,
+                 n_blocks_per_stage: Sequence[int], conv_bias: bool = True,
+                 norm_op: type[nn.Module] = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
+                 nonlin: type[nn.Module] = nn.LeakyReLU,
                  nonlin_kwargs: dict | None = None) -> None:
         super().__init__()
         norm_op_kwargs = {"eps": 1e-5, "affine": True} if norm_op_kwargs is None else norm_op_kwargs

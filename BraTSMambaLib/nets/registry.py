@@ -6,8 +6,8 @@ list of logits, highest resolution first, each level half the previous (nnU-Net'
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -118,10 +118,29 @@ def set_deep_supervision(model: nn.Module, enabled: bool) -> None:
     target.deep_supervision = bool(enabled)
 
 
+def deep_supervision_scales(model: nn.Module) -> list[tuple[float, float, float]]:
+    """Per-axis scale of each deep-supervision output relative to the input, highest resolution first.
+
+    What nnU-Net's `_get_deep_supervision_scales` returns for its own networks; trainers that use a
+    registry network take the target pyramid from here.
+    """
+    mod = getattr(model, "_orig_mod", model)
+    mod = getattr(mod, "module", mod)
+    mod = getattr(mod, "_orig_mod", mod)
+    encoder = getattr(getattr(mod, "decoder", None), "encoder", None)
+    if encoder is not None and hasattr(encoder, "strides"):
+        scales, cur = [], [1.0, 1.0, 1.0]
+        for stride in encoder.strides[:-1]:
+            cur = [c / s for c, s in zip(cur, stride)]
+            scales.append(tuple(cur))
+        return scales  # type: ignore[return-value]
+    if not hasattr(mod, "ds_scales"):
+        raise BraTSInputError(f"{type(mod).__name__} does not support deep supervision")
+    return [(float(s),) * 3 for s in mod.ds_scales]
+
+
 def _has_ds_heads(m: nn.Module) -> bool:
-    if type(m).__name__ == "SwinUNETRNet":
-        return False
-    for attr in ("seg_layers", "ds_heads", "out_blocks", "ds_heads"):
+    for attr in ("seg_layers", "ds_heads", "out_blocks"):
         if hasattr(m, attr):
             return True
     return False
@@ -140,20 +159,34 @@ def parameter_count(name: str, **kwargs: Any) -> int:
 _POPULATED = False
 
 
+class _Lazy:
+    """`module:attr` resolved on first call, so listing specs does not import MONAI or the scan code."""
+
+    def __init__(self, target: str, *args: Any) -> None:
+        self.target, self.args = target, args
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module, attr = self.target.split(":")
+        return getattr(importlib.import_module(module), attr)(*self.args, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.target}{self.args or ''}>"
+
+
 def _populate() -> None:
     """Register the built-in models (imports are deferred so `nets` imports fast)."""
     global _POPULATED
     if _POPULATED:
         return
     _POPULATED = True
-    from BraTSMambaLib.nets import baselines, segmamba, umamba, vmunet3d
+    from BraTSMambaLib.nets import defaults as pf
 
     def fixed(divisor: int, min_size: int) -> Callable[[Mapping[str, Any]], tuple[int, int]]:
         return lambda _o: (divisor, min_size)
 
     def umamba_rule(o: Mapping[str, Any]) -> tuple[int, int]:
-        strides = o.get("strides") or (umamba.plans_to_kwargs(o["plans"])["strides"] if o.get("plans") is not None
-                                       else umamba.BRATS_PLAN["strides"])
+        strides = o.get("strides") or (pf.plans_to_kwargs(o["plans"])["strides"] if o.get("plans") is not None
+                                       else pf.BRATS_PLAN["strides"])
         d = 1
         for s in strides:
             d *= int(max(s))
@@ -164,11 +197,12 @@ def _populate() -> None:
         return d, 2 * d
 
     def vmunet_rule(o: Mapping[str, Any]) -> tuple[int, int]:
-        d = vmunet3d.divisor(**{k: o[k] for k in ("patch_embed", "depths") if k in o})
+        d = int(o.get("patch_embed", pf.VMUNET3D_DEFAULTS["patch_embed"])) * 2 ** (
+            len(o.get("depths", pf.VMUNET3D_DEFAULTS["depths"])) - 1)
         return d, d
 
     register(ModelSpec(
-        name="segmamba", title="SegMamba", constructor=segmamba.build_segmamba,
+        name="segmamba", title="SegMamba", constructor=_Lazy("BraTSMambaLib.nets.segmamba:build_segmamba"),
         reference="ge-xing/SegMamba model_segmamba/segmamba.py", size_rule=fixed(16, 32), uses_mamba=True,
         defaults=dict(depths=(2, 2, 2, 2), feat_size=(48, 96, 192, 384), hidden_size=768, d_state=16),
         tiny=dict(patch_size=(32, 32, 32), depths=(1, 1, 1, 1), feat_size=(4, 8, 8, 16), hidden_size=16,
@@ -177,29 +211,30 @@ def _populate() -> None:
                      strides=((1, 1, 1), (2, 2, 2), (2, 2, 2)), n_conv_per_stage=(2, 1, 1),
                      n_conv_per_stage_decoder=(1, 1), d_state=4)
     register(ModelSpec(
-        name="umambabot", title="U-Mamba Bot", constructor=umamba.build_umambabot,
+        name="umambabot", title="U-Mamba Bot", constructor=_Lazy("BraTSMambaLib.nets.umamba:build_umambabot"),
         reference="bowang-lab/U-Mamba umamba/nnunetv2/nets/UMambaBot_3d.py", size_rule=umamba_rule,
-        uses_mamba=True, defaults=dict(umamba.BRATS_PLAN), tiny=dict(patch_size=(8, 8, 8), **tiny_plan)))
+        uses_mamba=True, defaults=dict(pf.BRATS_PLAN), tiny=dict(patch_size=(8, 8, 8), **tiny_plan)))
     register(ModelSpec(
-        name="umambaenc", title="U-Mamba Enc", constructor=umamba.build_umambaenc,
+        name="umambaenc", title="U-Mamba Enc", constructor=_Lazy("BraTSMambaLib.nets.umamba:build_umambaenc"),
         reference="bowang-lab/U-Mamba umamba/nnunetv2/nets/UMambaEnc_3d.py", size_rule=umamba_rule,
-        uses_mamba=True, fixed_input_size=True, defaults=dict(umamba.BRATS_PLAN),
+        uses_mamba=True, fixed_input_size=True, defaults=dict(pf.BRATS_PLAN),
         tiny=dict(patch_size=(8, 8, 8), **tiny_plan)))
     register(ModelSpec(
-        name="vmunet3d", title="VM-UNet 3D", constructor=vmunet3d.build_vmunet3d,
+        name="vmunet3d", title="VM-UNet 3D", constructor=_Lazy("BraTSMambaLib.nets.vmunet3d:build_vmunet3d"),
         reference="ours: 3D extension of VM-UNet (JCruan519/VM-UNet); docs/models/vmunet3d.md",
-        size_rule=vmunet_rule, uses_mamba=True, defaults=dict(vmunet3d.DEFAULTS),
+        size_rule=vmunet_rule, uses_mamba=True, defaults=dict(pf.VMUNET3D_DEFAULTS),
         tiny=dict(patch_size=(32, 32, 32), embed_dim=8, depths=(1, 1, 1, 1), d_state=4, mlp_ratio=0.0)))
     for v in "SBML":
         register(ModelSpec(
-            name=f"mednext_{v.lower()}", title=f"MedNeXt-{v} (k3)", constructor=partial(baselines.build_mednext, v),
+            name=f"mednext_{v.lower()}", title=f"MedNeXt-{v} (k3)",
+            constructor=_Lazy("BraTSMambaLib.nets.baselines:build_mednext", v),
             reference="MONAI monai.networks.nets.MedNeXt (create_mednext variant, kernel 3)", size_rule=mednext_rule,
-            defaults=dict(baselines.MEDNEXT_VARIANTS[v], init_filters=32, kernel_size=3),
+            defaults=dict(pf.MEDNEXT_VARIANTS[v], init_filters=32, kernel_size=3),
             tiny=dict(patch_size=(16, 16, 16), init_filters=4, encoder_expansion_ratio=1, decoder_expansion_ratio=1,
                       bottleneck_expansion_ratio=1, blocks_down=(1, 1, 1), blocks_bottleneck=1,
                       blocks_up=(1, 1, 1))))
     register(ModelSpec(
-        name="swinunetr", title="SwinUNETR", constructor=baselines.build_swinunetr,
+        name="swinunetr", title="SwinUNETR", constructor=_Lazy("BraTSMambaLib.nets.baselines:build_swinunetr"),
         reference="MONAI monai.networks.nets.SwinUNETR (feature_size 48)", size_rule=fixed(32, 64),
         supports_deep_supervision=False, defaults=dict(feature_size=48),
         tiny=dict(patch_size=(64, 64, 64), feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))))

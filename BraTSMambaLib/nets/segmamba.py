@@ -124,6 +124,7 @@ class SegMamba(nn.Module):
         self.decoder1 = UnetrBasicBlock(in_channels=f[0], out_channels=f[0], **basic)
         self.out = UnetOutBlock(spatial_dims=3, in_channels=f[0], out_channels=out_chans)
         self.deep_supervision = deep_supervision
+        self.ds_scales = [1.0, 0.5, 0.25, 0.125]
         if deep_supervision:
             self.ds_heads = nn.ModuleList([UnetOutBlock(spatial_dims=3, in_channels=c, out_channels=out_chans)
                                            for c in (f[1], f[2], f[3])])

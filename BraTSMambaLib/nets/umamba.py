@@ -15,25 +15,16 @@ stages get one block each; this is reproduced (on copies of the lists).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from BraTSMambaLib.errors import BraTSInputError
+from BraTSMambaLib.nets.defaults import BRATS_PLAN, plans_to_kwargs
 from BraTSMambaLib.nets.nnunet_blocks import UNetResDecoder, UNetResEncoder
 from BraTSMambaLib.ssm import Mamba
-
-#: nnU-Net's 6-stage 3D full-resolution plan for BraTS at 128^3 (Dataset137, region training).
-BRATS_PLAN: Mapping[str, Any] = {
-    "n_stages": 6,
-    "features_per_stage": (32, 64, 128, 256, 320, 320),
-    "kernel_sizes": ((3, 3, 3),) * 6,
-    "strides": ((1, 1, 1),) + ((2, 2, 2),) * 5,
-    "n_conv_per_stage": (2,) * 6,
-    "n_conv_per_stage_decoder": (2,) * 5,
-}
 
 
 class MambaLayer(nn.Module):
@@ -148,38 +139,6 @@ class UMambaEnc(_UMambaBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.decoder(self.encoder(x))
-
-
-def plans_to_kwargs(configuration: Any) -> dict[str, Any]:
-    """Explicit U-Mamba arguments from an nnU-Net configuration (ConfigurationManager or dict).
-
-    Accepts the current plans format (`architecture.arch_kwargs`) and the pre-2.4 format U-Mamba
-    was written for (`UNet_base_num_features`, `conv_kernel_sizes`, ...).
-    """
-    conf = getattr(configuration, "configuration", configuration)
-    if not isinstance(conf, Mapping):
-        raise BraTSInputError(f"U-Mamba: expected an nnU-Net configuration, got {type(configuration).__name__}")
-    try:
-        if "architecture" in conf:
-            a = conf["architecture"]["arch_kwargs"]
-            enc = a.get("n_blocks_per_stage", a.get("n_conv_per_stage"))
-            out = {"n_stages": a["n_stages"], "features_per_stage": list(a["features_per_stage"]),
-                   "kernel_sizes": a["kernel_sizes"], "strides": a["strides"], "n_conv_per_stage": enc,
-                   "n_conv_per_stage_decoder": a["n_conv_per_stage_decoder"]}
-        else:
-            n = len(conf["conv_kernel_sizes"])
-            out = {"n_stages": n,
-                   "features_per_stage": [min(conf["UNet_base_num_features"] * 2 ** i, conf["unet_max_num_features"])
-                                          for i in range(n)],
-                   "kernel_sizes": conf["conv_kernel_sizes"], "strides": conf["pool_op_kernel_sizes"],
-                   "n_conv_per_stage": conf["n_conv_per_stage_encoder"],
-                   "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"]}
-        out["input_size"] = list(conf["patch_size"])
-    except KeyError as e:
-        raise BraTSInputError(f"U-Mamba: nnU-Net configuration lacks {e.args[0]!r}") from None
-    if len(out["kernel_sizes"][0]) != 3:
-        raise BraTSInputError("U-Mamba: only 3D configurations are supported")
-    return out
 
 
 def build_umambabot(in_channels: int, out_channels: int, patch_size: Sequence[int], deep_supervision: bool,
