@@ -184,6 +184,9 @@ def resolve_model(spec: str | os.PathLike | None, *, progress: bool = True,
         return open_package(demo)
     if str(spec) in catalogue:
         return open_package(fetch(catalogue[str(spec)], progress=progress))
+    by_network = [e for e in catalogue.values() if e.network and e.network.lower() == str(spec).lower()]
+    if by_network:  # a registry name: its first trained package in the catalogue
+        return open_package(fetch(by_network[0], progress=progress))
     known = ", ".join(sorted(catalogue)) or "none"
     registry_hint = ""
     try:
