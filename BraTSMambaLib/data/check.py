@@ -58,7 +58,7 @@ class CaseReport:
 
 
 def _round(values) -> tuple[float, ...]:
-    return tuple(round(float(v), 4) for v in values)
+    return tuple(round(float(v), 4) + 0.0 for v in values)
 
 
 def check_case(folder: str | os.PathLike, *, labels: str | None = None, atol: float = 1e-3) -> CaseReport:
@@ -108,11 +108,15 @@ def check_case(folder: str | os.PathLike, *, labels: str | None = None, atol: fl
             report.problems.append(str(e))
             continue
         arr = sitk.GetArrayViewFromImage(image)
-        finite = np.isfinite(arr)
-        bad = int(arr.size - np.count_nonzero(finite))
+        try:
+            bad = io.count_nonfinite_file(path, image)
+        except BraTSInputError as e:
+            report.problems.append(str(e))
+            continue
         if bad:
             report.problems.append(f"{path}: {bad} voxels are NaN or infinite")
-        values = arr[finite] if bad else arr
+        finite = np.isfinite(arr)
+        values = arr if finite.all() else arr[finite]
         if values.size:
             fr.min, fr.max = float(values.min()), float(values.max())
             fr.nonzero_fraction = round(float(np.count_nonzero(values)) / arr.size, 4)

@@ -102,7 +102,7 @@ def read_image(path: PathLike, *, check_finite: bool = True) -> sitk.Image:
     if image.GetDimension() == 4:
         image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
     if check_finite:
-        bad = count_nonfinite(image)
+        bad = count_nonfinite_file(p, image)
         if bad:
             raise BraTSInputError(f"{p}: {bad} voxels are NaN or infinite")
     return image
@@ -113,6 +113,25 @@ def count_nonfinite(image: sitk.Image) -> int:
     if image.GetPixelID() not in _FLOAT_TYPES:
         return 0
     return int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+
+
+def count_nonfinite_file(path: PathLike, image: sitk.Image) -> int:
+    """NaN/inf voxels of an image read from `path`, counted in the file itself.
+
+    SimpleITK's NIfTI reader turns NaN and inf into 0, so for float NIfTI files the stored values
+    are counted with nibabel; other formats keep them and are counted on `image`.
+    """
+    if extension(path) in (".nii", ".nii.gz"):
+        import nibabel
+
+        try:
+            nii = nibabel.load(str(path))
+            if nii.header.get_data_dtype().kind != "f":
+                return 0
+            return int(np.count_nonzero(~np.isfinite(np.asanyarray(nii.dataobj))))
+        except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad files
+            raise BraTSInputError(f"{path}: cannot be read as NIfTI ({e})") from None
+    return count_nonfinite(image)
 
 
 def _sitk_reason(e: Exception) -> str:
@@ -133,7 +152,7 @@ def orientation_code(direction: tuple[float, ...]) -> str:
 
 
 def _fmt(values) -> str:
-    return "(" + ", ".join(str(round(float(v), 4)) for v in values) + ")"
+    return "(" + ", ".join(str(round(float(v), 4) + 0.0) for v in values) + ")"
 
 
 def geometry_differences(

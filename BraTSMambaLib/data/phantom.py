@@ -30,10 +30,10 @@ DEFAULT_SHAPE_XYZ: tuple[int, int, int] = BRATS_BOX_XYZ
 #: Mean intensity of each tissue per modality, on the scale of BraTS 2018-2021 raw files (int16).
 TISSUE_MEANS: Mapping[str, Mapping[str, float]] = {
     #            CSF     GM      WM     edema  necrosis enhancing
-    "t1":    {"csf": 130, "gm": 300, "wm": 420, "edema": 270, "necrosis": 150, "enhancing": 310},
-    "t1ce":  {"csf": 40,  "gm": 85,  "wm": 105, "edema": 80,  "necrosis": 45,  "enhancing": 210},
-    "t2":    {"csf": 1500, "gm": 760, "wm": 520, "edema": 1150, "necrosis": 1350, "enhancing": 880},
-    "flair": {"csf": 60,  "gm": 290, "wm": 230, "edema": 470, "necrosis": 200, "enhancing": 380},
+    "t1":    {"csf": 130, "gm": 300, "wm": 420, "edema": 310, "necrosis": 230, "enhancing": 310},
+    "t1ce":  {"csf": 40,  "gm": 85,  "wm": 105, "edema": 82,  "necrosis": 60,  "enhancing": 140},
+    "t2":    {"csf": 1500, "gm": 760, "wm": 520, "edema": 1000, "necrosis": 1350, "enhancing": 1000},
+    "flair": {"csf": 60,  "gm": 290, "wm": 230, "edema": 400, "necrosis": 380, "enhancing": 400},
 }
 TISSUES_NORMAL: tuple[str, ...] = ("csf", "gm", "wm")
 
