@@ -33,7 +33,7 @@ TISSUE_MEANS: Mapping[str, Mapping[str, float]] = {
     "t1":    {"csf": 130, "gm": 300, "wm": 420, "edema": 310, "necrosis": 230, "enhancing": 310},
     "t1ce":  {"csf": 40,  "gm": 85,  "wm": 105, "edema": 82,  "necrosis": 60,  "enhancing": 140},
     "t2":    {"csf": 1500, "gm": 760, "wm": 520, "edema": 1000, "necrosis": 1350, "enhancing": 1000},
-    "flair": {"csf": 60,  "gm": 290, "wm": 230, "edema": 400, "necrosis": 380, "enhancing": 400},
+    "flair": {"csf": 60,  "gm": 290, "wm": 230, "edema": 400, "necrosis": 300, "enhancing": 400},
 }
 TISSUES_NORMAL: tuple[str, ...] = ("csf", "gm", "wm")
 
@@ -174,7 +174,15 @@ def _tumour(rng: np.random.Generator, anat: Anatomy, mm_zyx: np.ndarray):
     collar = _shell(tc.reshape(shape), mm_zyx, 2.0).ravel() & mask & ~tc
     score = np.where(collar, -np.inf, d_wt * (1.25 - 0.35 * wm))
     ed = _smallest(score, mask & ~tc & ((csf < 0.6) | collar), int(round(wt_ml / voxel_ml)) - int(tc.sum()))
+    ed = _connected_to(ed.reshape(shape) | tc.reshape(shape), tc.reshape(shape)).ravel() & ed
     return box, shape, ncr.reshape(shape), ed.reshape(shape), et.reshape(shape)
+
+
+def _connected_to(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected components of `region` that touch `seed` (drops stray edema islands)."""
+    labels, _ = ndimage.label(region)
+    keep = np.unique(labels[seed & region])
+    return np.isin(labels, keep[keep > 0])
 
 
 def _shell(region: np.ndarray, mm_zyx: np.ndarray, width_mm: float) -> np.ndarray:
