@@ -1,0 +1,243 @@
+"""Run a command in the background, read its output and progress, and cancel its whole process tree.
+
+Qt-free: the Slicer module polls `BackgroundProcess.poll()` from a `qt.QTimer`, scripts and tests
+poll it in a loop. Progress travels as machine-readable lines on the command's stdout/stderr:
+
+    @@brats-mamba-progress {"stage": "inference", "fraction": 0.42, "message": "tile 12/28"}
+
+`stage` is one of STAGES, `fraction` the overall fraction done (0..1). The CLI prints these with
+`--progress-json` (`format_progress` makes them); tqdm bars ("45%|###") refine the current stage
+when a command prints no JSON lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+PROGRESS_PREFIX = "@@brats-mamba-progress "
+
+#: Stages of a segmentation job, in order, with the share of the progress bar each starts at.
+STAGES: Mapping[str, tuple[float, str]] = {
+    "start": (0.00, "Starting"),
+    "load": (0.05, "Loading model and images"),
+    "preprocess": (0.15, "Preprocessing"),
+    "inference": (0.25, "Segmenting"),
+    "postprocess": (0.85, "Postprocessing"),
+    "write": (0.92, "Writing results"),
+    "done": (1.00, "Done"),
+}
+
+_TQDM_RE = re.compile(r"(\d{1,3})%\|")
+
+
+@dataclass
+class Progress:
+    """Where a job is: stage key, overall fraction 0..1, a short message for the user."""
+
+    stage: str = "start"
+    fraction: float = 0.0
+    message: str = ""
+
+    @property
+    def title(self) -> str:
+        return STAGES.get(self.stage, (0.0, self.stage.capitalize()))[1]
+
+
+def format_progress(stage: str, fraction: float | None = None, message: str = "") -> str:
+    """One progress line; `fraction` defaults to the stage's start."""
+    if fraction is None:
+        fraction = STAGES.get(stage, (0.0, ""))[0]
+    return PROGRESS_PREFIX + json.dumps({"stage": stage, "fraction": round(float(fraction), 4), "message": message})
+
+
+def parse_progress_line(line: str, current: Progress) -> Progress | None:
+    """The progress a line reports (JSON line, or a tqdm bar inside the current stage), else None."""
+    idx = line.find(PROGRESS_PREFIX)
+    if idx >= 0:
+        try:
+            data = json.loads(line[idx + len(PROGRESS_PREFIX):])
+        except json.JSONDecodeError:
+            return None
+        stage = str(data.get("stage", current.stage))
+        fraction = data.get("fraction")
+        if fraction is None:
+            fraction = STAGES.get(stage, (current.fraction, ""))[0]
+        return Progress(stage, min(max(float(fraction), 0.0), 1.0), str(data.get("message", "")))
+    m = _TQDM_RE.search(line)
+    if m:
+        keys = list(STAGES)
+        start = STAGES.get(current.stage, (current.fraction, ""))[0]
+        nxt = keys.index(current.stage) + 1 if current.stage in STAGES else len(keys)
+        end = STAGES[keys[nxt]][0] if nxt < len(keys) else 1.0
+        within = min(int(m.group(1)), 100) / 100.0
+        return Progress(current.stage, max(current.fraction, start + (end - start) * within), line.strip()[-80:])
+    return None
+
+
+def kill_process_tree(pid: int, *, grace_s: float = 2.0) -> None:
+    """Stop a process and every process it started: the process group on POSIX, taskkill /T on Windows.
+
+    Descendants are found with psutil when it is installed (Slicer ships it), which also catches
+    children that left the group.
+    """
+    pids = [pid]
+    try:
+        import psutil
+
+        pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # psutil missing, or the process already gone
+        pass
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(os.getpgid(pid), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+        if not any(_alive(p) for p in pids):
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still answers kill(0); it is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class BackgroundProcess:
+    """A command running in its own process group, with its output collected by a reader thread."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] | None = None
+    cwd: str | os.PathLike | None = None
+    log_path: str | os.PathLike | None = None
+    progress: Progress = field(default_factory=Progress)
+    lines: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    _proc: subprocess.Popen | None = None
+    _pending: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Launch the command (stdout and stderr merged, unbuffered Python output)."""
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else {"start_new_session": True}
+        self._proc = subprocess.Popen(list(map(str, self.argv)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, **kwargs)
+        self._thread = threading.Thread(target=self._read, name="brats-mamba-output", daemon=True)
+        self._thread.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _read(self) -> None:
+        log = open(self.log_path, "w", encoding="utf-8") if self.log_path else None
+        buf = b""
+        try:
+            while True:
+                chunk = self._proc.stdout.read1(4096) if hasattr(self._proc.stdout, "read1") else self._proc.stdout.read(1)
+                if not chunk:
+                    break
+                buf += chunk
+                parts = re.split(rb"\r\n|\n|\r", buf)
+                buf = parts.pop()
+                self._push([p.decode("utf-8", "replace") for p in parts], log)
+            if buf:
+                self._push([buf.decode("utf-8", "replace")], log)
+        finally:
+            if log:
+                log.close()
+
+    def _push(self, texts: list[str], log) -> None:
+        with self._lock:
+            self._pending.extend(texts)
+        if log:
+            log.write("".join(t + "\n" for t in texts))
+            log.flush()
+
+    def poll(self) -> list[str]:
+        """New output lines since the last call (progress lines update `progress` and are kept out)."""
+        with self._lock:
+            new, self._pending = self._pending, []
+        shown = []
+        for line in new:
+            p = parse_progress_line(line, self.progress)
+            if p is not None:
+                self.progress = p
+            if PROGRESS_PREFIX not in line and line.strip():
+                shown.append(line)
+        self.lines.extend(shown)
+        return shown
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def finished(self) -> bool:
+        """Exited and all its output read."""
+        return self._proc is not None and self._proc.poll() is not None and not (self._thread and self._thread.is_alive())
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def cancel(self) -> None:
+        """Kill the command and everything it started."""
+        if self._proc is None:
+            return
+        self.cancelled = True
+        if self._proc.poll() is None:
+            kill_process_tree(self._proc.pid)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> int | None:
+        """Poll until the command ends (or `timeout` seconds pass); returns its exit status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            self.poll()
+            time.sleep(interval)
+        self.poll()
+        return self.returncode
+
+    def log_tail(self, n: int = 60) -> str:
+        """The last `n` output lines, for showing a crash in the UI."""
+        self.poll()
+        return "\n".join(self.lines[-n:])
