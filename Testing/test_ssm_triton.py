@@ -120,6 +120,8 @@ INTERP_CASES = {
     "grouped_bc_big_delta": dict(SMALL, gB=2, gC=2, big_delta=True),
     "mixed_groups_bwd_blocks": dict(SMALL, E=8, gB=0, gC=2, cfg=dict(tile=8, bd_fwd=4, bd_bwd=2,
                                                                       chunk_tiles_fwd=1, chunk_tiles_bwd=3)),
+    "many_chunks_chunk_scan_tiles": dict(SMALL, cfg=dict(tile=2, bd_fwd=2, bd_bwd=4, chunk_tiles_fwd=1,
+                                                         chunk_tiles_bwd=1)),
     "plain_N3": dict(SMALL, N=3, z=False, D=False, bias=False, softplus=False),
     "L1": dict(SMALL, L=1),
     "single_chunk_default_cfg": dict(SMALL, b=1, L=21, cfg=dict(tile=8)),

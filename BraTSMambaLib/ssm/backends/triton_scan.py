@@ -25,11 +25,11 @@ class ScanConfig:
     `bd_*` channels per program (power of two; reduced until it divides E/G); `warps_*` warps per
     program; `chunk_tiles_*` tiles per chunk (None: enough chunks for `target_programs` programs)."""
 
-    tile: int = 32
-    bd_fwd: int = 4
+    tile: int = 16
+    bd_fwd: int = 32
     bd_bwd: int = 8
     warps_fwd: int = 4
-    warps_bwd: int = 8
+    warps_bwd: int = 1
     chunk_tiles_fwd: int | None = None
     chunk_tiles_bwd: int | None = None
     target_programs: int = 2048
@@ -93,6 +93,15 @@ def _tile(L: int, cfg: ScanConfig) -> int:
     return max(1, min(cfg.tile, _next_pow2(L)))
 
 
+def _scan_chunks(S: torch.Tensor, dsum: torch.Tensor, A: torch.Tensor, H: torch.Tensor, reverse: bool) -> None:
+    """H[:, :, c] = state entering chunk c, given chunk end states S from zero and summed deltas dsum."""
+    b, E, nc, N = S.shape
+    BD = min(32, _next_pow2(E))
+    CT = max(2, min(16, _next_pow2(nc)))
+    _kernels()._chunk_scan[(-(-E // BD), b)](S, dsum, A, H, E, N, nc, REVERSE=reverse, BD=BD,
+                                             NP=max(2, _next_pow2(N)), CT=CT, num_warps=4)
+
+
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, want_last: bool, save: bool, cfg: ScanConfig):
     """Run the forward passes; returns (out, last_state or None, tile-start states or None)."""
     k = _kernels()
@@ -117,8 +126,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, want_last: boo
         k._fwd_chunk_state[grid](u, delta, A, B, delta_bias if delta_bias is not None else dummy, S, dsum,
                                  E, L, N, G, nc, chunk_len, num_warps=cfg.warps_fwd, **flags)
         H = torch.empty_like(S)
-        BD2 = min(32, _next_pow2(E))
-        k._chunk_scan[(-(-E // BD2), b)](S, dsum, A, H, E, N, nc, REVERSE=False, BD=BD2, NP=NP, num_warps=4)
+        _scan_chunks(S, dsum, A, H, reverse=False)
     k._fwd_chunk_out[grid](u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
                            delta_bias if delta_bias is not None else dummy, H, out, Hsave, last,
                            E, L, N, G, nc, chunk_len, ntiles,
@@ -151,8 +159,7 @@ def _backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, Hsave, 
         k._bwd_chunk_state[grid](delta, A, C, z_t, bias_t, dout, S, dsum, E, L, N, G, nc, chunk_len,
                                  HAS_Z=z is not None, num_warps=cfg.warps_bwd, **flags)
         R = torch.empty_like(S)
-        BD2 = min(32, _next_pow2(E))
-        k._chunk_scan[(-(-E // BD2), b)](S, dsum, A, R, E, N, nc, REVERSE=True, BD=BD2, NP=NP, num_warps=4)
+        _scan_chunks(S, dsum, A, R, reverse=True)
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else dummy

@@ -1,22 +1,25 @@
 """Triton kernels of the chunked selective scan (forward and backward).
 
 The sequence is cut into chunks that run in parallel, and each chunk into tiles of T positions.
-Inside a tile the recurrence h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t is a parallel
-associative scan over (BD channels, NP states, T positions); tiles follow each other inside a
-chunk with the state carried in registers. Chunks are joined by two short passes:
-``_fwd_chunk_state`` gives every chunk's end state from a zero start and its summed delta (the
-chunk's decay is exp(A * sum delta)), ``_chunk_scan`` runs the recurrence over the chunks, and
-``_fwd_chunk_out`` recomputes each chunk from its true start state and writes y, with the D*u
-skip and the silu(z) gate fused. The backward pass is the adjoint analogue, scanned from the
-right: ``_bwd_chunk_state`` and ``_chunk_scan(REVERSE)`` give each chunk's adjoint inflow, and
-``_bwd_chunk_grads`` walks its tiles right to left, recomputing the forward states of a tile
-from the tile-start states the forward pass saved, never a (batch, E, L, N) tensor.
-All state arithmetic is fp32. This module imports triton; import it only where triton works.
+Tiles are laid out (T, NP, BD): positions x states x channels, so that triton's default layout puts
+channels on the lanes and positions in each thread's registers. The recurrence
+h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t inside a tile is then an associative scan that runs
+sequentially within each thread (no shuffles); tiles follow each other inside a chunk with the state
+carried in registers. Chunks are joined by two short passes: ``_fwd_chunk_state`` gives every
+chunk's end state from a zero start and its summed delta (the chunk's decay is exp(A * sum delta)),
+``_chunk_scan`` runs the recurrence over the chunks, and ``_fwd_chunk_out`` recomputes each chunk
+from its true start state and writes y, with the D*u skip and the silu(z) gate fused. The backward
+pass is the adjoint analogue, scanned from the right: ``_bwd_chunk_state`` and
+``_chunk_scan(REVERSE)`` give each chunk's adjoint inflow, and ``_bwd_chunk_grads`` walks its tiles
+right to left, recomputing a tile's forward states from the tile-start states the forward pass
+saved: no (batch, E, L, N) tensor is ever stored. All state arithmetic is fp32.
+This module imports triton; import it only where triton works.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
 
 @triton.jit
 def _softplus(x):
@@ -51,10 +54,10 @@ def _combine_adj(fa_r, p_r, b_r, fa_l, p_l, b_l):
 
 @triton.jit
 def _load_delta(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Raw delta (+ bias) and the effective delta (softplus'd, zero outside the sequence)."""
+    """(T, BD) raw delta (+ bias) and the effective delta (softplus'd, zero outside the sequence)."""
     raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[:, None]
+        raw = raw + bias[None, :]
     dl = raw
     if SOFTPLUS:
         dl = _softplus(raw)
@@ -76,54 +79,71 @@ def _fwd_chunk_state(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, dsum_ptr,
     mask_n = offs_n < N
     offs_t = tl.arange(0, T)
     grp = (pid_d * BD) // (E // G)
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
-    S = tl.zeros((BD, NP), tl.float32)
+    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    S = tl.zeros((NP, BD), tl.float32)
     dsum = tl.zeros((BD,), tl.float32)
     start = pid_c * chunk_len
     end = tl.minimum(start + chunk_len, L)
     for t0 in range(start, end, T):
         t = t0 + offs_t
-        mt = (t < L)[None, :]
-        _, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + brow + t[None, :], mask=mask_n[:, None] & mt, other=0.0).to(tl.float32)
-        cum = tl.cumsum(dl, axis=1)
-        tot = tl.sum(dl, axis=1)
-        w = tl.exp2(A2[:, :, None] * (tot[:, None] - cum)[:, None, :])
-        S = S * tl.exp2(A2 * tot[:, None]) + tl.sum(w * (dl * uu)[:, None, :] * Bt[None, :, :], axis=2)
+        mt = (t < L)[:, None]
+        _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0).to(tl.float32)
+        cum = tl.cumsum(dl, axis=0)
+        tot = tl.sum(dl, axis=0)
+        w = tl.exp2(A2[None, :, :] * (tot[None, :] - cum)[:, None, :])
+        S = S * tl.exp2(A2 * tot[None, :]) + tl.sum(w * (dl * uu)[:, None, :] * Bt[:, :, None], axis=0)
         dsum += tot
     cidx = (pid_b * E + offs_d) * nchunks + pid_c
-    tl.store(S_ptr + cidx[:, None] * N + offs_n[None, :], S, mask=mask_n[None, :])
+    tl.store(S_ptr + cidx[None, :] * N + offs_n[:, None], S, mask=mask_n[:, None])
     tl.store(dsum_ptr + cidx, dsum)
 
 
 @triton.jit
 def _chunk_scan(S_ptr, dsum_ptr, A_ptr, H_ptr, E, N, nchunks,
-                REVERSE: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
-    """Recurrence over chunks: H[c] is the state entering chunk c (from the left, or the right)."""
+                REVERSE: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+    """Recurrence over chunks: H[c] is the state entering chunk c (from the left, or the right).
+
+    CT chunks at a time go through one associative scan, so the sequential depth is nchunks / CT.
+    """
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BD + tl.arange(0, BD)
     mask_d = offs_d < E
     offs_n = tl.arange(0, NP)
-    m2 = mask_d[:, None] & (offs_n < N)[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
+    offs_c = tl.arange(0, CT)
+    m2 = mask_d[None, :] & (offs_n < N)[:, None]
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
     base = (pid_b * E + offs_d) * nchunks
-    h = tl.zeros((BD, NP), tl.float32)
-    for i in range(nchunks):
-        c = i
+    h = tl.zeros((NP, BD), tl.float32)
+    for c0 in range(0, nchunks, CT):
+        k = c0 + offs_c
         if REVERSE:
-            c = nchunks - 1 - i
-        idx = base + c
-        tl.store(H_ptr + idx[:, None] * N + offs_n[None, :], h, mask=m2)
-        s = tl.load(S_ptr + idx[:, None] * N + offs_n[None, :], mask=m2, other=0.0)
-        ds = tl.load(dsum_ptr + idx, mask=mask_d, other=0.0)
-        h = h * tl.exp2(A2 * ds[:, None]) + s
+            c = nchunks - 1 - k
+            nxt = c - 1
+        else:
+            c = k
+            nxt = c + 1
+        valid = k < nchunks
+        idx = base[None, :] + c[:, None]
+        m3 = valid[:, None, None] & m2[None, :, :]
+        s = tl.load(S_ptr + idx[:, None, :] * N + offs_n[None, :, None], mask=m3, other=0.0)
+        ds = tl.load(dsum_ptr + idx, mask=valid[:, None] & mask_d[None, :], other=0.0)
+        pa, hb = tl.associative_scan((tl.exp2(A2[None, :, :] * ds[:, None, :]), s), axis=0, combine_fn=_combine_fwd)
+        incl = hb + pa * h[None, :, :]
+        first = base[None, :] + c[:, None]
+        tl.store(H_ptr + first[:, None, :] * N + offs_n[None, :, None], tl.broadcast_to(h[None, :, :], (CT, NP, BD)),
+                 mask=m3 & (offs_c == 0)[:, None, None])
+        nidx = base[None, :] + nxt[:, None]
+        tl.store(H_ptr + nidx[:, None, :] * N + offs_n[None, :, None], incl,
+                 mask=m3 & (k + 1 < nchunks)[:, None, None])
+        h = tl.sum(tl.where((offs_c == CT - 1)[:, None, None], incl, 0.0), axis=0)
 
 
 @triton.jit
@@ -143,48 +163,48 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     mask_n = offs_n < N
     offs_t = tl.arange(0, T)
     grp = (pid_d * BD) // (E // G)
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d).to(tl.float32)
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
+    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
     srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
     if HAS_INIT:
         cidx = (pid_b * E + offs_d) * nchunks + pid_c
-        h = tl.load(H_ptr + cidx[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+        h = tl.load(H_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
     else:
-        h = tl.zeros((BD, NP), tl.float32)
+        h = tl.zeros((NP, BD), tl.float32)
     start = pid_c * chunk_len
     end = tl.minimum(start + chunk_len, L)
     for t0 in range(start, end, T):
         t = t0 + offs_t
-        mt = (t < L)[None, :]
-        _, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
-        mnt = mask_n[:, None] & mt
-        Bt = tl.load(B_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+        mt = (t < L)[:, None]
+        _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        mtn = mask_n[None, :] & mt
+        Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
         if SAVE:
-            tl.store(Hsave_ptr + (srow + t0 // T)[:, None] * N + offs_n[None, :], h, mask=mask_n[None, :])
-        dA = tl.exp2(A2[:, :, None] * dl[:, None, :])
-        x = (dl * uu)[:, None, :] * Bt[None, :, :]
-        pa, hb = tl.associative_scan((dA, x), axis=2, combine_fn=_combine_fwd)
-        hs = hb + pa * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)
+            tl.store(Hsave_ptr + (srow + t0 // T)[None, :] * N + offs_n[:, None], h, mask=mask_n[:, None])
+        dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
+        x = (dl * uu)[:, None, :] * Bt[:, :, None]
+        pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
+        hs = hb + pa * h[None, :, :]
+        y = tl.sum(hs * Ct[:, :, None], axis=1)
         if HAS_D:
-            y += Dv[:, None] * uu
+            y += Dv[None, :] * uu
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
             y = y * zz * _sigmoid(zz)
-        tl.store(out_ptr + row + t[None, :], y, mask=mt)
-        h = tl.sum(tl.where((offs_t == T - 1)[None, None, :], hs, 0.0), axis=2)
+        tl.store(out_ptr + row + t[:, None], y, mask=mt)
+        h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
     if RET_LAST:
-        lidx = (pid_b * E + offs_d)[:, None] * N + offs_n[None, :]
-        tl.store(last_ptr + lidx, h, mask=mask_n[None, :] & (pid_c == nchunks - 1))
+        lidx = (pid_b * E + offs_d)[None, :] * N + offs_n[:, None]
+        tl.store(last_ptr + lidx, h, mask=mask_n[:, None] & (pid_c == nchunks - 1))
 
 
 @triton.jit
@@ -201,31 +221,31 @@ def _bwd_chunk_state(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, S_ptr, 
     mask_n = offs_n < N
     offs_t = tl.arange(0, T)
     grp = (pid_d * BD) // (E // G)
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
-    S = tl.zeros((BD, NP), tl.float32)
+    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    S = tl.zeros((NP, BD), tl.float32)
     run = tl.zeros((BD,), tl.float32)
     start = pid_c * chunk_len
     end = tl.minimum(start + chunk_len, L)
     for t0 in range(start, end, T):
         t = t0 + offs_t
-        mt = (t < L)[None, :]
-        _, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
-        dy = tl.load(dout_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        mt = (t < L)[:, None]
+        _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
+        dy = tl.load(dout_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
             dy = dy * zz * _sigmoid(zz)
-        Ct = tl.load(C_ptr + brow + t[None, :], mask=mask_n[:, None] & mt, other=0.0).to(tl.float32)
-        cum = tl.cumsum(dl, axis=1) + run[:, None]
-        w = tl.exp2(A2[:, :, None] * cum[:, None, :])
-        S += tl.sum(w * Ct[None, :, :] * dy[:, None, :], axis=2)
-        run += tl.sum(dl, axis=1)
+        Ct = tl.load(C_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0).to(tl.float32)
+        cum = tl.cumsum(dl, axis=0) + run[None, :]
+        w = tl.exp2(A2[None, :, :] * cum[:, None, :])
+        S += tl.sum(w * Ct[:, :, None] * dy[:, None, :], axis=0)
+        run += tl.sum(dl, axis=0)
     cidx = (pid_b * E + offs_d) * nchunks + pid_c
-    tl.store(S_ptr + cidx[:, None] * N + offs_n[None, :], S, mask=mask_n[None, :])
+    tl.store(S_ptr + cidx[None, :] * N + offs_n[:, None], S, mask=mask_n[:, None])
     tl.store(dsum_ptr + cidx, run)
 
 
@@ -253,7 +273,7 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     grp = (pid_d * BD) // per_grp
     nblk = per_grp // BD
     jblk = pid_d % nblk
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
@@ -261,67 +281,67 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[:, None].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[:, None].to(tl.int64) * L
-    prow = (((pid_b * G + grp) * nblk + jblk) * N + offs_n[:, None]).to(tl.int64) * L
+    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    prow = (((pid_b * G + grp) * nblk + jblk) * N + offs_n[None, :]).to(tl.int64) * L
     srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
     cidx = (pid_b * E + offs_d) * nchunks + pid_c
     if HAS_INIT:
-        R = tl.load(R_ptr + cidx[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+        R = tl.load(R_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
     else:
-        R = tl.zeros((BD, NP), tl.float32)
-    dA_acc = tl.zeros((BD, NP), tl.float32)
+        R = tl.zeros((NP, BD), tl.float32)
+    dA_acc = tl.zeros((NP, BD), tl.float32)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
-    ones = tl.full((BD, NP, T), 1.0, tl.float32)
+    ones = tl.full((T, NP, BD), 1.0, tl.float32)
     start = pid_c * chunk_len
     end = tl.minimum(start + chunk_len, L)
     ntile_c = (end - start + T - 1) // T
     for i in range(ntile_c):
         t0 = start + (ntile_c - 1 - i) * T
         t = t0 + offs_t
-        mt = (t < L)[None, :]
-        raw, dl = _load_delta(delta_ptr, bias, row + t[None, :], mt, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
-        mnt = mask_n[:, None] & mt
-        Bt = tl.load(B_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + brow + t[None, :], mask=mnt, other=0.0).to(tl.float32)
-        h0 = tl.load(Hsave_ptr + (srow + t0 // T)[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
-        dA = tl.exp2(A2[:, :, None] * dl[:, None, :])
-        x = (dl * uu)[:, None, :] * Bt[None, :, :]
-        pa, hb = tl.associative_scan((dA, x), axis=2, combine_fn=_combine_fwd)
-        hs = hb + pa * h0[:, :, None]
-        dy = tl.load(dout_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+        mt = (t < L)[:, None]
+        raw, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
+        uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        mtn = mask_n[None, :] & mt
+        Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
+        h0 = tl.load(Hsave_ptr + (srow + t0 // T)[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
+        dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
+        x = (dl * uu)[:, None, :] * Bt[:, :, None]
+        pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
+        hs = hb + pa * h0[None, :, :]
+        dy = tl.load(dout_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[None, :], mask=mt, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
             sz = _sigmoid(zz)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            y = tl.sum(hs * Ct[:, :, None], axis=1)
             if HAS_D:
-                y += Dv[:, None] * uu
-            tl.store(dz_ptr + row + t[None, :], dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=mt)
+                y += Dv[None, :] * uu
+            tl.store(dz_ptr + row + t[:, None], dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=mt)
             dy = dy * zz * sz
-        bt = Ct[None, :, :] * dy[:, None, :]
-        _, pg, bg = tl.associative_scan((dA, ones, bt), axis=2, combine_fn=_combine_adj, reverse=True)
-        g = bg + pg * R[:, :, None]
+        bt = Ct[:, :, None] * dy[:, None, :]
+        _, pg, bg = tl.associative_scan((dA, ones, bt), axis=0, combine_fn=_combine_adj, reverse=True)
+        g = bg + pg * R[None, :, :]
         hprev = hs - x
-        du = tl.sum(g * Bt[None, :, :], axis=1) * dl
+        du = tl.sum(g * Bt[:, :, None], axis=1) * dl
         if HAS_D:
-            du += Dv[:, None] * dy
-            dD_acc += tl.sum(dy * uu, axis=1)
-        ddl = tl.sum(g * (Bt[None, :, :] * uu[:, None, :] + hprev * A[:, :, None]), axis=1)
-        dA_acc += tl.sum(g * hprev * dl[:, None, :], axis=2)
-        dBt = tl.sum(g * (dl * uu)[:, None, :], axis=0)
-        dCt = tl.sum(hs * dy[:, None, :], axis=0)
-        tl.store(dB_ptr + prow + t[None, :], dBt, mask=mnt)
-        tl.store(dC_ptr + prow + t[None, :], dCt, mask=mnt)
+            du += Dv[None, :] * dy
+            dD_acc += tl.sum(dy * uu, axis=0)
+        ddl = tl.sum(g * (Bt[:, :, None] * uu[:, None, :] + hprev * A[None, :, :]), axis=1)
+        dA_acc += tl.sum(g * hprev * dl[:, None, :], axis=0)
+        dBt = tl.sum(g * (dl * uu)[:, None, :], axis=2)
+        dCt = tl.sum(hs * dy[:, None, :], axis=2)
+        tl.store(dB_ptr + prow + t[:, None], dBt, mask=mtn)
+        tl.store(dC_ptr + prow + t[:, None], dCt, mask=mtn)
         if SOFTPLUS:
             ddl = tl.where(raw <= 20.0, ddl * _sigmoid(raw), ddl)
         ddl = tl.where(mt, ddl, 0.0)
-        db_acc += tl.sum(ddl, axis=1)
-        tl.store(du_ptr + row + t[None, :], du, mask=mt)
-        tl.store(ddelta_ptr + row + t[None, :], ddl, mask=mt)
-        R = tl.sum(tl.where((offs_t == 0)[None, None, :], dA * g, 0.0), axis=2)
+        db_acc += tl.sum(ddl, axis=0)
+        tl.store(du_ptr + row + t[:, None], du, mask=mt)
+        tl.store(ddelta_ptr + row + t[:, None], ddl, mask=mt)
+        R = tl.sum(tl.where((offs_t == 0)[:, None, None], dA * g, 0.0), axis=0)
     pidx = (pid_b * nchunks + pid_c) * E + offs_d
-    tl.store(dA_ptr + pidx[:, None] * N + offs_n[None, :], dA_acc, mask=mask_n[None, :])
+    tl.store(dA_ptr + pidx[None, :] * N + offs_n[:, None], dA_acc, mask=mask_n[:, None])
     tl.store(dD_ptr + pidx, dD_acc)
     tl.store(dbias_ptr + pidx, db_acc)
