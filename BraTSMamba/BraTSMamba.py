@@ -37,7 +37,7 @@ _ensureLibraryImportable()
 # Public sample: BrainLesion/tutorials, BraTS/data/segmentation/ at commit a2d3fff (BraTS 2023 GLI naming).
 SAMPLE_CASE = "BraTS-GLI-00001-000"
 SAMPLE_BASE_URL = ("https://raw.githubusercontent.com/BrainLesion/tutorials/a2d3fff/"
-                   f"BraTS/data/segmentation/{SAMPLE_CASE}/")
+                   "BraTS/data/segmentation/BraTS-GLI-00001-000/")
 SAMPLE_SHA256 = {
     "t1n": "e860924b936e301ddeba20409fbb59dde322475cb49328f1b46a9235c792e73e",
     "t1c": "4399faadcc45c8a4541313cdf88aced7d835ed59ac3078d950e0eac293d603f5",
