@@ -377,3 +377,12 @@ def test_real_brats2018_case(brats2018_cases):
     assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4} and (seg > 0).any()
     assert set(np.unique(case.seg_array("2023")).tolist()) <= {0, 1, 2, 3}
     assert len(find_cases(folder.parent)) == len(brats2018_cases)
+
+
+def test_from_images_rejects_non_images():
+    imgs = {k: _image(i) for i, k in enumerate(C.MODALITIES)}
+    with pytest.raises(BraTSInputError, match="seg: expected a SimpleITK image, got ndarray"):
+        BraTSCase.from_images(imgs, "mem", seg=np.zeros(SIZE_ZYX, np.uint8))
+    seg = io.label_image(_seg(_image(0)), _image(0))
+    case = BraTSCase.from_images(imgs, "mem", seg=seg, seg_convention="2021")
+    assert case.labels == "2021" and case.seg_array().dtype == np.uint8

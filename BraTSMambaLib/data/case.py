@@ -62,11 +62,11 @@ class BraTSCase:
         if require_seg and seg is None:
             raise BraTSInputError(f"case {case_id}: no segmentation given")
         imgs = {k: images[k] for k in C.MODALITIES}
-        for k, img in imgs.items():
-            if not isinstance(img, sitk.Image):
-                raise BraTSInputError(f"{names[k]}: expected a SimpleITK image, got {type(img).__name__}")
         all_imgs = dict(imgs, **({"seg": seg} if seg is not None else {}))
         all_names = dict(names, seg=str(seg_path or "seg"))
+        for k, img in all_imgs.items():
+            if not isinstance(img, sitk.Image):
+                raise BraTSInputError(f"{all_names[k]}: expected a SimpleITK image, got {type(img).__name__}")
         problems = _grid_problems(all_imgs, all_names, atol=atol, allow_mismatch=resample)
         _raise(problems)
         problems = [f"{all_names[k]}: {n} voxels are NaN or infinite" for k, img in all_imgs.items()
@@ -150,7 +150,8 @@ def scan_folder(folder: str | os.PathLike) -> FolderScan:
                              f"(expected e.g. <case>_t1ce.nii.gz or <case>-t1c.nii.gz); {what}")
         return scan
     if len(matched) > 1:
-        groups = ", ".join(f"{cid} ({nm})" for cid, nm in sorted(matched))
+        groups = [f"{cid} ({nm})" for cid, nm in sorted(matched)]
+        groups = ", ".join(groups[:5]) + (f" and {len(groups) - 5} more" if len(groups) > 5 else "")
         scan.problems.append(f"{scan.folder}: holds files of several cases or namings: {groups}; "
                              "put one case per folder or give four paths")
     (scan.case_id, scan.naming), keys = max(matched.items(), key=lambda kv: (len(kv[1]), kv[0]))
