@@ -230,7 +230,7 @@ def test_evaluate_files_geometry_mismatch_names_both_files(tmp_path):
 
 
 def test_evaluate_files_missing_file(tmp_path):
-    pred, ref = _label_pair("2021")
+    _, ref = _label_pair("2021")
     r = _write(tmp_path / "r.nii.gz", ref)
     with pytest.raises(BraTSInputError, match="nope.nii.gz"):
         evaluate_files(tmp_path / "nope.nii.gz", r)

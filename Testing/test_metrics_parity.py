@@ -30,11 +30,11 @@ pytestmark = pytest.mark.shared_data
 panoptica = pytest.importorskip("panoptica")
 pytest.importorskip("brats_evaluation")
 
-from importlib.resources import files  # noqa: E402
+from importlib.resources import files
 
-from panoptica import Metric, Panoptica_Evaluator  # noqa: E402
-from panoptica.utils.segmentation_class import SegmentationClassGroups  # noqa: E402
-from panoptica.metrics.hausdorff_distance import _compute_hausdorff_distance95  # noqa: E402
+from panoptica import Metric, Panoptica_Evaluator
+from panoptica.metrics.hausdorff_distance import _compute_hausdorff_distance95
+from panoptica.utils.segmentation_class import SegmentationClassGroups
 
 DICE_TOL = 1e-4
 HD95_TOL = 0.1

@@ -10,7 +10,13 @@ from tqdm import tqdm
 from BraTSMambaLib.data.io import atomic_write_text
 from BraTSMambaLib.errors import BraTSInputError
 from BraTSMambaLib.metrics.binary import EMPTY_HD95_MM
-from BraTSMambaLib.metrics.evaluate import CaseResult, EvaluationResults, case_id_of, evaluate_files, evaluate_folders
+from BraTSMambaLib.metrics.evaluate import (
+    CaseResult,
+    EvaluationResults,
+    case_id_of,
+    evaluate_files,
+    evaluate_folders,
+)
 from BraTSMambaLib.metrics.report import format_table, to_csv, to_json
 
 NAME = "evaluate"

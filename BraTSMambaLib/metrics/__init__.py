@@ -23,7 +23,21 @@ from BraTSMambaLib.metrics.evaluate import (
 )
 
 __all__ = [
-    "EMPTY_HD95_MM", "HIGHER_IS_BETTER", "METRIC_TITLES", "METRICS", "hd95", "region_metrics", "surface",
-    "surface_distances", "CaseMetrics", "CaseResult", "EvaluationResults", "case_id_of", "evaluate_files",
-    "evaluate_folders", "evaluate_labels", "match_cases", "summarize",
+    "EMPTY_HD95_MM",
+    "HIGHER_IS_BETTER",
+    "METRICS",
+    "METRIC_TITLES",
+    "CaseMetrics",
+    "CaseResult",
+    "EvaluationResults",
+    "case_id_of",
+    "evaluate_files",
+    "evaluate_folders",
+    "evaluate_labels",
+    "hd95",
+    "match_cases",
+    "region_metrics",
+    "summarize",
+    "surface",
+    "surface_distances",
 ]

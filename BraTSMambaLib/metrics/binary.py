@@ -9,7 +9,7 @@ Unlike panoptica's global metric, distances here are in millimetres (voxel spaci
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -3,15 +3,26 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from BraTSMambaLib.data.conventions import REGIONS, check_labels, label_convention, parse_filename
-from BraTSMambaLib.data.io import geometry_differences, is_image_file, read_header, read_image, strip_extension
+from BraTSMambaLib.data.conventions import (
+    REGIONS,
+    check_labels,
+    label_convention,
+    parse_filename,
+)
+from BraTSMambaLib.data.io import (
+    geometry_differences,
+    is_image_file,
+    read_header,
+    read_image,
+    strip_extension,
+)
 from BraTSMambaLib.errors import BraTSInputError
 from BraTSMambaLib.metrics.binary import region_metrics
 
