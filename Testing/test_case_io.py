@@ -146,9 +146,12 @@ def test_atomic_write_text(tmp_path):
 def test_write_image_failure_leaves_nothing(tmp_path):
     with pytest.raises(BraTSInputError, match="unknown image extension"):
         io.write_image(_image(0), tmp_path / "a.txt")
-    # ITK cannot write a 3D volume as PNG: the writer fails and no temporary file survives
-    with pytest.raises(BraTSInputError, match=r"a\.png: (cannot write|unknown image extension)"):
-        io.write_image(_image(0), tmp_path / "a.png")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(BraTSInputError, match=r"a\.nii\.gz: cannot create its folder"):
+        io.write_image(_image(0), tmp_path / "blocker" / "a.nii.gz")
+    (tmp_path / "blocker").unlink()
+    with pytest.raises(BraTSInputError, match=r"a\.mhd: detached-header files cannot be written atomically"):
+        io.write_image(_image(0), tmp_path / "a.mhd")
     assert _listing(tmp_path) == []
 
 

@@ -23,6 +23,9 @@ PathLike = str | os.PathLike
 #: Extensions made of two suffixes; everything else uses the last suffix only.
 _COMPOUND_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".seg.nrrd", ".tar.gz")
 
+#: Single-file formats `write_image` writes (a detached header would point at a temporary data file).
+WRITE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
+
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
 
 
@@ -244,7 +247,10 @@ def write_image(image: sitk.Image, path: PathLike, *, overwrite: bool = False, c
     """
     target = Path(path)
     if not is_image_file(target):
-        raise BraTSInputError(f"{target}: unknown image extension; use one of {', '.join(IMAGE_EXTENSIONS)}")
+        raise BraTSInputError(f"{target}: unknown image extension; use one of {', '.join(WRITE_EXTENSIONS)}")
+    if extension(target) not in WRITE_EXTENSIONS:
+        raise BraTSInputError(f"{target}: detached-header files cannot be written atomically; "
+                              f"use one of {', '.join(WRITE_EXTENSIONS)}")
     with atomic_path(target, overwrite=overwrite) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
