@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,6 @@ pytestmark = pytest.mark.shared_data
 
 panoptica = pytest.importorskip("panoptica")
 pytest.importorskip("brats_evaluation")
-
-from importlib.resources import files
 
 from panoptica import Metric, Panoptica_Evaluator
 from panoptica.metrics.hausdorff_distance import _compute_hausdorff_distance95
