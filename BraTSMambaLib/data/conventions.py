@@ -137,8 +137,12 @@ def label_convention(name: str | int) -> LabelConvention:
 def check_labels(labels: np.ndarray, convention: str | int, source: str = "label map") -> None:
     """Raise BraTSInputError when `labels` holds values outside `convention`."""
     conv = label_convention(convention)
-    found = np.unique(labels)
-    bad = sorted(int(v) for v in found if v not in conv.allowed or v != np.round(v))
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "ub" and labels.size:
+        found = np.flatnonzero(np.bincount(labels.ravel()))
+    else:
+        found = np.unique(labels)
+    bad = sorted(float(v) if v != np.round(v) else int(v) for v in found if v not in conv.allowed or v != np.round(v))
     if bad:
         raise BraTSInputError(
             f"{source}: label values {bad} are not in the BraTS {conv.name} convention "
