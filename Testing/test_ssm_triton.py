@@ -122,6 +122,8 @@ INTERP_CASES = {
                                                                       chunk_tiles_fwd=1, chunk_tiles_bwd=3)),
     "many_chunks_chunk_scan_tiles": dict(SMALL, cfg=dict(tile=2, bd_fwd=2, bd_bwd=4, chunk_tiles_fwd=1,
                                                          chunk_tiles_bwd=1)),
+    "atomic_dbc": dict(SMALL, E=8, gC=2, cfg=dict(tile=8, bd_fwd=2, bd_bwd=2, chunk_tiles_fwd=2, chunk_tiles_bwd=2,
+                                                  atomic_dbc=True)),
     "plain_N3": dict(SMALL, N=3, z=False, D=False, bias=False, softplus=False),
     "L1": dict(SMALL, L=1),
     "single_chunk_default_cfg": dict(SMALL, b=1, L=21, cfg=dict(tile=8)),
@@ -193,6 +195,7 @@ GPU_CASES = {
     "bf16_all_features": dict(GPU_BASE, dtype="bfloat16"),
     "fp16_no_z_grouped": dict(GPU_BASE, dtype="float16", z=False, gB=2, gC=2),
     "fp32_N5_L1": dict(GPU_BASE, N=5, L=1),
+    "fp32_atomic_dbc": dict(GPU_BASE, E=64, cfg=dict(atomic_dbc=True)),
 }
 GPU_TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}
 

@@ -23,7 +23,8 @@ NAME = "triton"
 class ScanConfig:
     """Launch shape. `tile` positions per scan step (power of two, shared by forward and backward);
     `bd_*` channels per program (power of two; reduced until it divides E/G); `warps_*` warps per
-    program; `chunk_tiles_*` tiles per chunk (None: enough chunks for `target_programs` programs)."""
+    program; `chunk_tiles_*` tiles per chunk (None: enough chunks for `target_programs` programs);
+    `atomic_dbc`: accumulate dB/dC with atomics instead of per-block partial sums (not bit-reproducible)."""
 
     tile: int = 16
     bd_fwd: int = 32
@@ -33,6 +34,7 @@ class ScanConfig:
     chunk_tiles_fwd: int | None = None
     chunk_tiles_bwd: int | None = None
     target_programs: int = 2048
+    atomic_dbc: bool = False
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -163,18 +165,20 @@ def _backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, Hsave, 
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else dummy
-    dBp = torch.empty((b, G, nblk, N, L), **f32)
-    dCp = torch.empty((b, G, nblk, N, L), **f32)
+    atomic = cfg.atomic_dbc and nblk > 1
+    alloc = torch.zeros if atomic else torch.empty
+    dBp = alloc((b, G, 1 if atomic else nblk, N, L), **f32)
+    dCp = alloc((b, G, 1 if atomic else nblk, N, L), **f32)
     dAp = torch.empty((b, nc, E, N), **f32)
     dDp = torch.empty((b, nc, E), **f32)
     dbp = torch.empty((b, nc, E), **f32)
     k._bwd_chunk_grads[grid](u, delta, A, B, C, D if D is not None else dummy, z_t, bias_t, dout, Hsave, R,
                              du, ddelta, dz, dBp, dCp, dAp, dDp, dbp,
                              E, L, N, G, nc, chunk_len, ntiles,
-                             HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=nc > 1,
+                             HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=nc > 1, ATOMIC=atomic,
                              num_warps=cfg.warps_bwd, **flags)
-    dB = dBp.sum(2) if nblk > 1 else dBp[:, :, 0]
-    dC = dCp.sum(2) if nblk > 1 else dCp[:, :, 0]
+    dB = dBp.sum(2) if dBp.shape[2] > 1 else dBp[:, :, 0]
+    dC = dCp.sum(2) if dCp.shape[2] > 1 else dCp[:, :, 0]
     return (du, ddelta, dAp.sum((0, 1)), dB, dC, dDp.sum((0, 1)) if D is not None else None,
             dz if z is not None else None, dbp.sum((0, 1)) if delta_bias is not None else None)
 

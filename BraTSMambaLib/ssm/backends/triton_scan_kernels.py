@@ -255,12 +255,13 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                      du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
                      E, L, N, G, nchunks, chunk_len, ntiles,
                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-                     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+                     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, ATOMIC: tl.constexpr,
                      BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
     """Per (chunk, channel block, batch): walk the tiles right to left and write all gradients.
 
-    dB/dC are written per channel block (summed over the block's channels) into partial buffers
-    (batch, G, blocks per group, N, L); dA/dD/dbias per (batch, chunk); the caller sums them.
+    dB/dC are summed over the block's channels and written into partial buffers (batch, G, blocks
+    per group, N, L), or with ATOMIC added into zeroed (batch, G, N, L) buffers (faster, not
+    bit-reproducible); dA/dD/dbias go per (batch, chunk); the caller sums the partials.
     """
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -332,8 +333,12 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         dA_acc += tl.sum(g * hprev * dl[:, None, :], axis=0)
         dBt = tl.sum(g * (dl * uu)[:, None, :], axis=2)
         dCt = tl.sum(hs * dy[:, None, :], axis=2)
-        tl.store(dB_ptr + prow + t[:, None], dBt, mask=mtn)
-        tl.store(dC_ptr + prow + t[:, None], dCt, mask=mtn)
+        if ATOMIC:
+            tl.atomic_add(dB_ptr + brow + t[:, None], dBt, mask=mtn, sem="relaxed")
+            tl.atomic_add(dC_ptr + brow + t[:, None], dCt, mask=mtn, sem="relaxed")
+        else:
+            tl.store(dB_ptr + prow + t[:, None], dBt, mask=mtn)
+            tl.store(dC_ptr + prow + t[:, None], dCt, mask=mtn)
         if SOFTPLUS:
             ddl = tl.where(raw <= 20.0, ddl * _sigmoid(raw), ddl)
         ddl = tl.where(mt, ddl, 0.0)
