@@ -94,3 +94,14 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(grandchild), "the grandchild survived cancel"
+
+
+def test_stage_lines_move_progress_when_no_json(tmp_path):
+    argv = _script(tmp_path, """
+        print("model tiny on cpu, loaded in 0.1 s", flush=True)
+        print("case: WT 1.0 mL", flush=True)
+    """)
+    proc = BackgroundProcess(argv, stage_patterns=((r"^model .* loaded in", "inference"),))
+    proc.start()
+    assert proc.wait(timeout=60) == 0
+    assert proc.progress.stage == "inference" and proc.progress.fraction == STAGES["inference"][0]

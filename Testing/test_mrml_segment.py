@@ -146,6 +146,7 @@ def test_background_job_loads_results_in_one_step(oblique_phantom, tiny_package,
     assert np.array_equal(labels, cv.regions_to_labels(np.stack([expected[r] for r in cv.REGIONS]), "2021"))
     assert not workdir.exists()  # temporary files removed
     assert any("model" in line for line in job.process.lines)  # the CLI's log was collected
+    assert job.progress.stage == "done" and job.progress.fraction == 1.0
 
 
 def test_failed_job_shows_the_log_and_changes_nothing(oblique_phantom, tmp_path):

@@ -25,11 +25,17 @@ from BraTSMambaLib.data.io import write_image
 from BraTSMambaLib.errors import BraTSInputError
 from BraTSMambaLib.mrml.case import case_from_volume_nodes
 from BraTSMambaLib.mrml.pipeline import read_seg_nrrd_masks
-from BraTSMambaLib.mrml.process import BackgroundProcess, Progress
+from BraTSMambaLib.mrml.process import STAGES, BackgroundProcess, Progress
 from BraTSMambaLib.mrml.segmentation import labelmap_from_prediction, segmentation_from_prediction, volumes_table
 
 #: Environment variable asking the CLI for machine-readable progress lines (see mrml.process).
 PROGRESS_ENV = "BRATSMAMBA_PROGRESS"
+
+#: Lines `brats-mamba segment` prints anyway, used as stage marks when it prints no JSON progress.
+CLI_STAGE_LINES: tuple[tuple[str, str], ...] = (
+    (r"^model .* loaded in", "inference"),
+    (r"^wrote ", "done"),
+)
 
 
 def default_python() -> str:
@@ -103,7 +109,8 @@ class SegmentJob:
                                      compress=False) for m in cv.MODALITIES}
             out_dir = self.workdir / "output"
             self.process = BackgroundProcess(self.command(inputs, out_dir), env=library_env(),
-                                             log_path=self.workdir / "process.log")
+                                             log_path=self.workdir / "process.log", stage_patterns=CLI_STAGE_LINES,
+                                             progress=Progress("load", STAGES["load"][0]))
             self.process.start()
         except BaseException:
             self._cleanup()

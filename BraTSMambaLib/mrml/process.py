@@ -141,6 +141,8 @@ class BackgroundProcess:
     progress: Progress = field(default_factory=Progress)
     lines: list[str] = field(default_factory=list)
     cancelled: bool = False
+    #: (regex, stage) pairs: a matching output line moves progress to that stage (for commands without JSON lines)
+    stage_patterns: Sequence[tuple[str, str]] = ()
     _proc: subprocess.Popen | None = None
     _pending: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -191,13 +193,20 @@ class BackgroundProcess:
             new, self._pending = self._pending, []
         shown = []
         for line in new:
-            p = parse_progress_line(line, self.progress)
+            p = parse_progress_line(line, self.progress) or self._stage_from_pattern(line)
             if p is not None:
                 self.progress = p
             if PROGRESS_PREFIX not in line and line.strip():
                 shown.append(line)
         self.lines.extend(shown)
         return shown
+
+    def _stage_from_pattern(self, line: str) -> Progress | None:
+        for pattern, stage in self.stage_patterns:
+            if re.search(pattern, line):
+                start = STAGES.get(stage, (self.progress.fraction, ""))[0]
+                return Progress(stage, max(start, self.progress.fraction), "")
+        return None
 
     @property
     def running(self) -> bool:
