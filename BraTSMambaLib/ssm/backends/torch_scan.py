@@ -20,9 +20,12 @@ import torch.nn.functional as F
 
 NAME = "torch"
 
-#: Target number of state elements (batch * E * block * N) per block: ~4 MB of float32 per tensor.
-BLOCK_ELEMENTS = 1 << 20
-#: Upper bound on the chunk length (Python steps per block scan).
+#: Chunk length: positions one Python step loop covers (forward); the state slice of one step is
+#: (batch, E, chunks per block, N) and stays in L2 cache.
+CHUNK = 32
+#: Target size (elements) of that per-step state slice; sets the number of chunks per block.
+STEP_ELEMENTS = 1 << 17
+#: Upper bound on the chunk length of the backward's full-block scans.
 MAX_CHUNK = 64
 
 
@@ -149,6 +152,71 @@ def _contract_C(h: torch.Tensor, Cg: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bghtn,bgtn->bght", h.view(b, G, E // G, T, N), Cg.squeeze(2)).reshape(b, E, T)
 
 
+def _layout(t: torch.Tensor, G: int, m: int, c: int) -> torch.Tensor:
+    """(b, G*K, m*c) or (b, G, K, m*c) -> contiguous float32 (b, G, m, c, K): one (b, G, m, K) slice per
+    step j, all chunks of the block side by side."""
+    b = t.shape[0]
+    return t.float().reshape(b, G, -1, m, c).permute(0, 1, 3, 4, 2).contiguous()
+
+
+def _steps_end(dt5, du5, B5, A5, h):
+    """Advance every chunk by its c positions from state h (b, G, m, H, N), in place; returns h."""
+    a = torch.empty_like(h)
+    for j in range(dt5.shape[3]):
+        torch.mul(dt5[:, :, :, j, :, None], A5, out=a)
+        a.exp_()
+        h.mul_(a).addcmul_(du5[:, :, :, j, :, None], B5[:, :, :, j, None, :])
+    return h
+
+
+def _steps_y(dt5, du5, B5, C5, A5, h):
+    """As `_steps_end`, also returning y (b, G, m, c, H) = C_j . h_j for every position."""
+    y = dt5.new_empty(dt5.shape)
+    a = torch.empty_like(h)
+    for j in range(dt5.shape[3]):
+        torch.mul(dt5[:, :, :, j, :, None], A5, out=a)
+        a.exp_()
+        h.mul_(a).addcmul_(du5[:, :, :, j, :, None], B5[:, :, :, j, None, :])
+        torch.matmul(h, C5[:, :, :, j, :, None], out=y[:, :, :, j, :, None])
+    return y, h
+
+
+def _block_forward(dt, u32, A, B, C, h_in, c):
+    """One block: dt, u32 (b, E, T) float32 with T = m*c; B, C (b, G, N, T); h_in (b, E, N).
+
+    Pass 1 runs every chunk from a zero state to get its end state; the chunk carries follow from
+    carry_{k+1} = exp(A sum(dt over chunk k)) carry_k + end_k; pass 2 reruns the chunks from their true
+    initial states and contracts with C on the way. Returns y (b, E, T) and the block's last state.
+    """
+    b, E, T = dt.shape
+    N = A.shape[1]
+    if B.shape[1] != C.shape[1]:
+        G = math.lcm(B.shape[1], C.shape[1])
+        B = B.repeat_interleave(G // B.shape[1], dim=1)
+        C = C.repeat_interleave(G // C.shape[1], dim=1)
+    G = B.shape[1]
+    H = E // G
+    m = T // c
+    dt5 = _layout(dt, G, m, c)
+    du5 = _layout(dt * u32, G, m, c)
+    B5 = _layout(B, G, m, c)
+    C5 = _layout(C, G, m, c)
+    A5 = A.view(1, G, 1, H, N)
+    if m > 1:
+        ends = _steps_end(dt5, du5, B5, A5, dt5.new_zeros(b, G, m, H, N))
+        whole = torch.exp(dt5.sum(3).unsqueeze(-1) * A5)
+        h0 = torch.empty_like(ends)
+        s_ = h_in.view(b, G, H, N)
+        for k in range(m):
+            h0[:, :, k] = s_
+            s_ = torch.addcmul(ends[:, :, k], whole[:, :, k], s_)
+    else:
+        h0 = h_in.view(b, G, 1, H, N).clone()
+    y5, h = _steps_y(dt5, du5, B5, C5, A5, h0)
+    y = y5.permute(0, 1, 4, 2, 3).reshape(b, E, T)
+    return y, h[:, :, -1].reshape(b, E, N)
+
+
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus):
     b, E, L = u.shape
     N = A.shape[1]
@@ -165,10 +233,15 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus):
             break
         dt, _ = _dt(delta[..., s:e], delta_bias, softplus)
         u32 = u[..., s:e].float()
-        _, hs = _states(dt, u32, A32, _grouped(B[..., s:e], E), h)
-        y = _contract_C(hs, _grouped(C[..., s:e], E))
-        h = hs[:, :, -1].clone()
-        del hs
+        T = e - s
+        c = min(CHUNK, T)
+        main = T - T % c
+        y = torch.empty(b, E, T, dtype=torch.float32, device=u.device)
+        y[..., :main], h = _block_forward(dt[..., :main], u32[..., :main], A32, B[..., s:s + main],
+                                          C[..., s:s + main], h, c)
+        if main < T:
+            y[..., main:], h = _block_forward(dt[..., main:], u32[..., main:], A32, B[..., s + main:e],
+                                              C[..., s + main:e], h, T - main)
         if D is not None:
             y.addcmul_(u32, D.float().unsqueeze(-1))
         if z is not None:
@@ -178,10 +251,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus):
 
 
 def _block_len(b: int, E: int, N: int, L: int) -> int:
-    blk = max(1, BLOCK_ELEMENTS // max(1, b * E * N))
-    if blk >= 4 * MAX_CHUNK:
-        blk -= blk % MAX_CHUNK
-    return max(1, min(L, blk))
+    """Positions per block: CHUNK times the number of chunks whose step slice fits STEP_ELEMENTS."""
+    return max(1, min(L, CHUNK * max(1, STEP_ELEMENTS // max(1, b * E * N))))
 
 
 class _SelectiveScan(torch.autograd.Function):
