@@ -5,9 +5,11 @@ Importing this package imports neither mamba_ssm nor triton; backends load on fi
 """
 from BraTSMambaLib.errors import BackendUnavailableError
 from BraTSMambaLib.ssm.modules.mamba import Mamba
+from BraTSMambaLib.ssm.modules.ss3d import SS3D, cross_merge_3d, cross_scan_3d
 from BraTSMambaLib.ssm.modules.tri_oriented import TriOrientedMamba
 from BraTSMambaLib.ssm.selective_scan import (BACKENDS, ENV_VAR, backend_status, resolve_backend,
                                               selective_scan)
 
-__all__ = ["selective_scan", "Mamba", "TriOrientedMamba", "BackendUnavailableError", "BACKENDS",
+__all__ = ["selective_scan", "Mamba", "TriOrientedMamba", "SS3D", "cross_scan_3d", "cross_merge_3d",
+           "BackendUnavailableError", "BACKENDS",
            "ENV_VAR", "backend_status", "resolve_backend"]
