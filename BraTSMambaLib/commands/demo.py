@@ -22,6 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"output folder (default {DEFAULT_OUTPUT})")
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="phantom random seed (default 0)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="phantom grid size in voxels (default 240 240 155, the BraTS box)")
     p.add_argument("--full", action="store_true", help="8-flip test-time augmentation (default: --fast settings)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier demo run")
 
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     pkg = open_package(package)
     case_id = phantom_case_id(args.seed)
     check_targets(output_paths(out, case_id, overlay=True), options.overwrite)
-    case_path = write_phantom(case_dir, seed=args.seed, overwrite=args.overwrite)
+    shape = {"shape_xyz": tuple(args.shape)} if args.shape else {}
+    case_path = write_phantom(case_dir, seed=args.seed, overwrite=args.overwrite, **shape)
     model = load_model(pkg, options)
     print(f"demo model {pkg.describe()} on {model.device} (loaded and verified in {model.load_seconds:.1f} s)")
     result = segment_case(case_path, model, out, options)

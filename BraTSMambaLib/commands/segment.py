@@ -77,7 +77,9 @@ def _input(args: argparse.Namespace):
     return args.case or files or None
 
 
-def print_case(report: dict, out=sys.stdout) -> None:
+def print_case(report: dict, out=None) -> None:
+    """One line of volumes and timings (and Dice/HD95 when evaluated)."""
+    out = out or sys.stdout
     vols = ", ".join(f"{r} {v:.1f} mL" for r, v in report["regions_ml"].items())
     t = report["timings_s"]
     print(f"{report['case']}: {vols} | {t['total_excluding_io']:.1f} s without disk I/O "
