@@ -158,6 +158,7 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
         self.ui.labelConventionComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
         self.initializeParameterNode()
+        self._onModelChanged(self.ui.modelComboBox.currentIndex)
 
     def cleanup(self) -> None:
         self._timer.stop()
@@ -203,7 +204,17 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButton)
             self._selectData(self.ui.deviceComboBox, self._parameterNode.device)
             self._selectData(self.ui.labelConventionComboBox, self._parameterNode.labelConvention)
+            self._showModel(self._parameterNode.model)
             self._updateButton()
+
+    def _showModel(self, model: str) -> None:
+        """Select the parameter node's model: a listed choice, else the local path."""
+        index = self.ui.modelComboBox.findData(model)
+        if index < 0 and model:
+            self.ui.modelPathLineEdit.currentPath = model
+            index = self.ui.modelComboBox.findData("<local>")
+        if index >= 0:
+            self.ui.modelComboBox.setCurrentIndex(index)
 
     # --- inputs and options ---------------------------------------------------------------------
 
@@ -327,7 +338,8 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._showError(job.error)
             else:
                 self.logic.showResults(job)
-                self._parameterNode.outputSegmentation = job.segmentation
+                if self._parameterNode:
+                    self._parameterNode.outputSegmentation = job.segmentation
                 self.ui.volumesTableView.setMRMLTableNode(job.table)
                 self.ui.volumesTableView.visible = True
                 self.ui.statusLabel.text = f"Done in {time.monotonic() - self._jobStart:.1f} s."
@@ -401,7 +413,7 @@ class BraTSMambaLogic(ScriptedLoadableModuleLogic):
         p = parameterNode
         job = SegmentJob(slicer.mrmlScene, self.inputNodes(p), model=p.model or None, device=p.device,
                          fast=p.fast, target=p.outputSegmentation, labelmap=p.createLabelmap,
-                         labels=p.labelConvention, **overrides)
+                         labels=p.labelConvention, env_base=slicer.util.startupEnvironment(), **overrides)
         job.start()
         return job
 

@@ -103,16 +103,31 @@ def test_module_file_structure():
     assert "torch" not in imported and "numpy" not in imported  # no maths in the module file
 
 
-def test_requirements_follow_pyproject():
-    from packaging.requirements import Requirement
+def _dependencies_module():
+    import importlib.util
 
-    deps = {Requirement(d).name: str(Requirement(d).specifier)
-            for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    lines = [ln.split("#")[0].strip() for ln in (MODULE / "Resources/requirements.txt").read_text().splitlines()]
-    reqs = {Requirement(ln).name: str(Requirement(ln).specifier) for ln in lines if ln}
-    # torch comes from the PyTorch extension; numpy and SimpleITK ship with Slicer
-    assert set(reqs) == set(deps) - {"torch", "numpy", "SimpleITK"}
-    assert all(reqs[k] == deps[k] for k in reqs)
+    spec = importlib.util.spec_from_file_location("brats_mamba_slicer_deps", MODULE / "BraTSMambaUtils/dependencies.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_slicer_installs_the_projects_own_dependencies(tmp_path):
+    """The module reads pyproject.toml (installed beside the library), minus what Slicer provides otherwise."""
+    deps = _dependencies_module()
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = tomllib.loads(text)["project"]["dependencies"]
+    assert deps.pyproject_path() == ROOT / "pyproject.toml"
+    assert deps.parse_dependencies(text, use_tomllib=False) == declared  # the fallback for older Pythons
+    wanted = deps.requirements()
+    assert wanted and set(wanted) == {d for d in declared if re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower()
+                                      not in {"torch", "numpy", "simpleitk"}}
+    assert deps.missing_requirements() == []  # this environment has them all
+    fake = tmp_path / "pyproject.toml"
+    fake.write_text('[project]\nname = "x"\ndependencies = [\n  "scipy>=999",\n  "no-such-dist-xyz>=1",\n'
+                    '  "torch>=2.3",\n  "tqdm>=4",\n]\n')
+    assert deps.missing_requirements(fake) == ["scipy>=999", "no-such-dist-xyz>=1"]
+    assert "pyproject.toml" in (ROOT / "CMakeLists.txt").read_text()
 
 
 @pytest.mark.shared_data

@@ -84,7 +84,7 @@ def segment_cases(args: argparse.Namespace, scene=None) -> int:
             nodes = {m: mrml.load_volume(scene, files[m]) for m in cv.MODALITIES}
             added += [n for n in nodes.values()] + [n.GetStorageNode() for n in nodes.values()]
             segmentation = mrml.segment_volume_nodes(scene, nodes, model=model, device=args.device, fast=args.fast,
-                                                     name=f"{case_id} tumour")
+                                                     name=f"{case_id} tumour", show3d=False)
             added.append(segmentation)
             volumes = mrml.segment_volumes_ml(segmentation)
             mrml.save_node(segmentation, seg_path, overwrite=args.overwrite)

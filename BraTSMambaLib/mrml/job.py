@@ -73,6 +73,7 @@ class SegmentJob:
     python: str = field(default_factory=default_python)
     extra_args: Sequence[str] = ()
     keep_files: bool = False
+    env_base: Mapping[str, str] | None = None  # inside Slicer: slicer.util.startupEnvironment()
 
     process: BackgroundProcess | None = None
     segmentation: object | None = None
@@ -108,7 +109,7 @@ class SegmentJob:
             inputs = {m: write_image(case.images[m], self.workdir / "input" / naming.filename(self.case_id, m, ".nii"),
                                      compress=False) for m in cv.MODALITIES}
             out_dir = self.workdir / "output"
-            self.process = BackgroundProcess(self.command(inputs, out_dir), env=library_env(),
+            self.process = BackgroundProcess(self.command(inputs, out_dir), env=library_env(self.env_base),
                                              log_path=self.workdir / "process.log", stage_patterns=CLI_STAGE_LINES,
                                              progress=Progress("load", STAGES["load"][0]))
             self.process.start()

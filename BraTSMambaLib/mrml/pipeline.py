@@ -15,13 +15,14 @@ from BraTSMambaLib.mrml.segmentation import grid_shape, segmentation_from_predic
 
 
 def segment_volume_nodes(scene, nodes: Mapping[str, object], model=None, device: str = "auto", fast: bool = False,
-                         *, name: str = "BraTS tumour", target=None, labels: str = "2021"):
+                         *, name: str = "BraTS tumour", target=None, labels: str = "2021", show3d: bool = True):
     """Segment four volume nodes in this process; returns the WT/TC/ET segmentation node.
 
     `model` is a catalogue name, a package or nnU-Net results path, an already loaded
     `inference.pipeline.LoadedModel` (to segment many cases with one load), or None for the bundled
     demo package. The regions are those the CLI writes: probabilities -> label map (nnU-Net region
-    order) -> regions, so both paths give the same segments. For scripts, headless Slicer and tests;
+    order) -> regions, so both paths give the same segments. `show3d` builds the closed surfaces
+    for 3D views (scripts that only save files can skip it). For scripts, headless Slicer and tests;
     the Slicer module runs the CLI in a separate process instead.
     """
     from BraTSMambaLib.inference import postprocessing as post
@@ -33,7 +34,8 @@ def segment_volume_nodes(scene, nodes: Mapping[str, object], model=None, device:
     probabilities, _times = predict_case(case, loaded, options)
     label_map = post.label_map(post.region_masks(probabilities), options.labels)
     regions = post.consistent_regions(label_map, options.labels)
-    return segmentation_from_prediction(scene, regions, nodes[cv.REFERENCE_MODALITY], name, target=target)
+    return segmentation_from_prediction(scene, regions, nodes[cv.REFERENCE_MODALITY], name, target=target,
+                                        show3d=show3d)
 
 
 def read_seg_nrrd_masks(path: str | os.PathLike, reference_node, *, atol: float = 1e-3) -> dict[str, np.ndarray]:

@@ -152,7 +152,8 @@ class BackgroundProcess:
         """Launch the command (stdout and stderr merged, unbuffered Python output)."""
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        kwargs = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else {"start_new_session": True}
+        kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+                  if sys.platform == "win32" else {"start_new_session": True})
         self._proc = subprocess.Popen(list(map(str, self.argv)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, **kwargs)
         self._thread = threading.Thread(target=self._read, name="brats-mamba-output", daemon=True)
