@@ -147,6 +147,12 @@ def test_background_job_loads_results_in_one_step(oblique_phantom, tiny_package,
     assert not workdir.exists()  # temporary files removed
     assert any("model" in line for line in job.process.lines)  # the CLI's log was collected
     assert job.progress.stage == "done" and job.progress.fraction == 1.0
+    # a second run into the same segmentation replaces its table and label map instead of adding more
+    count = scene.GetNumberOfNodes()
+    again = SegmentJob(scene, nodes, model=str(tiny_package), device="cpu", fast=True, target=target, labelmap=True)
+    again.start()
+    assert again.wait(timeout=240), again.error
+    assert scene.GetNumberOfNodes() == count and again.table is job.table and again.labelmap_node is job.labelmap_node
 
 
 def test_failed_job_shows_the_log_and_changes_nothing(oblique_phantom, tmp_path):

@@ -171,7 +171,10 @@ class SegmentJob:
     def _load_results(self) -> None:
         seg_nrrd = self.output_dir / f"{self.case_id}.seg.nrrd"
         if not seg_nrrd.is_file():
-            raise BraTSInputError(f"the CLI finished but wrote no {seg_nrrd.name}")
+            found = sorted(self.output_dir.glob("*.seg.nrrd")) if self.output_dir.is_dir() else []
+            if len(found) != 1:
+                raise BraTSInputError(f"the CLI finished but wrote no {seg_nrrd.name}")
+            seg_nrrd = found[0]
         reference = self.nodes[cv.REFERENCE_MODALITY]
         masks = read_seg_nrrd_masks(seg_nrrd, reference)
         created = []
@@ -179,18 +182,31 @@ class SegmentJob:
             segmentation = segmentation_from_prediction(self.scene, masks, reference, self.name, target=self.target)
             if self.target is None:
                 created.append(segmentation)
-            table = volumes_table(self.scene, segmentation)
-            created.append(table)
+            table_name = f"{segmentation.GetName()} volumes"
+            old_table = self._reusable(table_name, "vtkMRMLTableNode")
+            table = volumes_table(self.scene, segmentation, table_name, target=old_table)
+            if old_table is None:
+                created.append(table)
             labelmap = None
             if self.labelmap:
-                labelmap = labelmap_from_prediction(self.scene, masks, reference, f"{segmentation.GetName()} labels",
-                                                    convention=self.labels)
-                created.append(labelmap)
+                labelmap_name = f"{segmentation.GetName()} labels"
+                old_labelmap = self._reusable(labelmap_name, "vtkMRMLLabelMapVolumeNode")
+                labelmap = labelmap_from_prediction(self.scene, masks, reference, labelmap_name,
+                                                    convention=self.labels, target=old_labelmap)
+                if old_labelmap is None:
+                    created.append(labelmap)
         except BaseException:
             for node in created:
                 self.scene.RemoveNode(node)
             raise
         self.segmentation, self.table, self.labelmap_node = segmentation, table, labelmap
+
+    def _reusable(self, name: str, cls: str):
+        """When replacing a segmentation, its table / label map of an earlier run are replaced too."""
+        if self.target is None:
+            return None
+        node = self.scene.GetFirstNodeByName(name)
+        return node if node is not None and node.IsA(cls) else None
 
     def _cleanup(self) -> None:
         if self.workdir and not self.keep_files:
