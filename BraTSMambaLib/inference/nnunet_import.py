@@ -21,6 +21,8 @@ CHECKPOINT = "checkpoint_final.pth"
 TRAINER_PREFIX = "nnUNetTrainer"
 #: Registry networks whose architecture is read from the nnU-Net plans (U-Mamba's design).
 PLANS_BASED = frozenset({"umambabot", "umambaenc"})
+#: Plans-configuration key where our trainers keep registry overrides (BraTSMambaLib.training.trainers).
+OVERRIDES_KEY = "network_overrides"
 _CHANNEL_ALIASES = {"t1": {"t1", "t1n", "t1w", "t1-native"}, "t1ce": {"t1ce", "t1c", "t1gd", "t1-gd", "t1+c"},
                     "t2": {"t2", "t2w"}, "flair": {"flair", "t2f", "t2-flair"}}
 
@@ -122,6 +124,7 @@ def import_nnunet(
 
     deep_supervision = bool(nets.get_spec(registry).supports_deep_supervision)
     from_plans = registry.lower() in PLANS_BASED
+    overrides = dict(conf.get(OVERRIDES_KEY) or {})
     states, epochs, mirror_axes = [], [], None
     for c in ckpts:
         ck = load_checkpoint(c)
@@ -132,7 +135,7 @@ def import_nnunet(
         mirror_axes = ck.get("inference_allowed_mirroring_axes", mirror_axes)
     meta_stub = {
         "name": name or f"{registry}-{src.resolve().parent.name}",
-        "network": {"registry_name": registry, "overrides": {}, "deep_supervision": deep_supervision,
+        "network": {"registry_name": registry, "overrides": overrides, "deep_supervision": deep_supervision,
                     "from_plans": from_plans},
         "patch_size": conf["patch_size"],
         "preprocessing": {"configuration": configuration},
@@ -143,14 +146,17 @@ def import_nnunet(
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         cm = PlansManager(plans).get_configuration(configuration)
-        net = nets.build_model(registry, patch_size=conf["patch_size"], deep_supervision=deep_supervision, plans=cm)
+        net = nets.build_model(registry, patch_size=conf["patch_size"], deep_supervision=deep_supervision, plans=cm,
+                               **overrides)
+        if deep_supervision:
+            nets.set_deep_supervision(net, False)
     else:
         net = build_network(stub)
     for c, sd in zip(ckpts, states):
         load_strict(net, sd, str(c), registry)
     zip_out = str(out).lower().endswith(".zip") if as_zip is None else as_zip
     return save_package(
-        out, registry, states, patch_size=conf["patch_size"], name=meta_stub["name"],
+        out, registry, states, patch_size=conf["patch_size"], name=meta_stub["name"], overrides=overrides,
         description=f"{registry} trained with nnU-Net ({trainer}, {plans_name}, {configuration}), "
                     f"{len(states)} fold{'s' if len(states) > 1 else ''}",
         deep_supervision=deep_supervision, from_plans=from_plans, plans=plans, dataset_json=dataset_json,
