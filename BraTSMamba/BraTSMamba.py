@@ -265,7 +265,10 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.setCurrentIndex(index)
 
     def _updateButton(self, caller=None, event=None) -> None:
-        if self._job is not None:
+        idle = self._job is None
+        for section in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton, self.ui.outputsCollapsibleButton):
+            section.enabled = idle  # a running job keeps the settings it started with
+        if not idle:
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the segmentation; nothing is added to the scene."
             self.ui.applyButton.enabled = True
