@@ -465,6 +465,8 @@ class BraTSMambaTest(ScriptedLoadableModuleTest):
 
         case = make_phantom(seed=3, shape_xyz=shape)
         nodes = {k: volume_node_from_image(slicer.mrmlScene, img, f"{case.case_id}_{k}") for k, img in case.images.items()}
+        for node in nodes.values():
+            node.CreateDefaultDisplayNodes()
         return case, nodes
 
     def test_GuessInputs(self):

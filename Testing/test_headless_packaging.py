@@ -44,8 +44,9 @@ def test_top_level_cmake_is_a_slicer_extension():
         assert needle in text, needle
     # the training module is built only where its folder exists
     assert re.search(r"if\(EXISTS [^)]*BraTSMambaTrain/CMakeLists.txt\)\s*add_subdirectory\(BraTSMambaTrain\)", text)
-    icon = re.search(r'EXTENSION_ICONURL "[^"]*/main/([^"]+)"', text).group(1)
-    assert (ROOT / icon).is_file()
+    for var in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):  # the files the URLs will serve exist
+        rel = re.search(rf'{var} "[^"]*/main/([^"]+)"', text).group(1)
+        assert (ROOT / rel).is_file(), rel
 
 
 def test_icons_are_real_png_images():
