@@ -29,10 +29,11 @@ N = 16
 SWEEP = [
     ScanConfig(),
     ScanConfig(atomic_dbc=True),
-    ScanConfig(target_programs=8192),
-    ScanConfig(tile=16, bd_fwd=32, warps_fwd=2, bd_bwd=16, warps_bwd=2),
-    ScanConfig(tile=32, bd_fwd=8, warps_fwd=1, bd_bwd=8, warps_bwd=1),
-    ScanConfig(tile=16, bd_fwd=32, warps_fwd=4, bd_bwd=32, warps_bwd=4, atomic_dbc=True),
+    ScanConfig(bd_bwd=4, warps_bwd=1, atomic_dbc=True),
+    ScanConfig(bd_bwd=8, warps_bwd=1, atomic_dbc=True),
+    ScanConfig(tile_fwd=32, bd_bwd=4, warps_bwd=1),
+    ScanConfig(bd_fwd=16, warps_fwd=2, atomic_dbc=True, target_programs=4096),
+    ScanConfig(bd_fwd=4, tile_bwd=16, bd_bwd=2, warps_bwd=1, atomic_dbc=True),
 ]
 
 
@@ -46,13 +47,15 @@ def make_inputs(b: int, E: int, L: int, dtype=torch.float32, seed: int = 0) -> d
                 B=torch.randn(b, N, L, generator=g, **dev).to(dtype),
                 C=torch.randn(b, N, L, generator=g, **dev).to(dtype),
                 D=torch.ones(E, **dev), z=torch.randn(b, E, L, generator=g, **dev).to(dtype),
-                delta_bias=dt + torch.log(-torch.expm1(-dt)))
+                delta_bias=dt + torch.log(-torch.expm1(-dt)),
+                dout=torch.randn(b, E, L, generator=g, **dev).to(dtype))
 
 
 def runners(fn, x: dict):
-    """(forward without grad, forward+backward) closures for scan function `fn`."""
+    """(forward without grad, forward+backward) closures for scan function `fn`; dout is x['dout']."""
+    dout = x["dout"]
+    x = {k: v for k, v in x.items() if k != "dout"}
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
-    dout = torch.randn_like(x["u"])
 
     def fwd():
         with torch.no_grad():

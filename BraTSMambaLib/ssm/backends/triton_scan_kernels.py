@@ -42,14 +42,11 @@ def _combine_fwd(a1, b1, a2, b2):
 
 
 @triton.jit
-def _combine_adj(fa_r, p_r, b_r, fa_l, p_l, b_l):
-    """Compose adjoint segments for a right-to-left scan (first argument: the later segment).
-
-    A segment [t..s] is (a_t, prod_{r=t+1..s} a_r, g_t with no inflow past s), where the adjoint
-    obeys g_t = C_t dy_t + a_{t+1} g_{t+1}.
-    """
-    m = p_l * fa_r
-    return fa_l, m * p_r, b_l + m * b_r
+def _combine_adj(a_r, b_r, a_l, b_l):
+    """Compose g -> b_l + a_l g (earlier position) after g -> b_r + a_r g, for a right-to-left scan
+    (first argument: the later segment). The adjoint obeys g_t = C_t dy_t + a_{t+1} g_{t+1}, so the
+    coefficient of position t is a_{t+1} = exp(delta_{t+1} A)."""
+    return a_l * a_r, b_l + a_l * b_r
 
 
 @triton.jit
@@ -152,9 +149,12 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                    E, L, N, G, nchunks, chunk_len, ntiles,
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
                    HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, SAVE: tl.constexpr,
-                   RET_LAST: tl.constexpr,
+                   RET_LAST: tl.constexpr, TS: tl.constexpr,
                    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
-    """Per (chunk, channel block, batch): scan the chunk from its start state and write y."""
+    """Per (chunk, channel block, batch): scan the chunk from its start state and write y.
+
+    With SAVE, the state entering every TS-position segment goes to Hsave (b, E, cdiv(L, TS), N).
+    """
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -189,7 +189,7 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
         if SAVE:
-            tl.store(Hsave_ptr + (srow + t0 // T)[None, :] * N + offs_n[:, None], h, mask=mask_n[:, None])
+            tl.store(Hsave_ptr + (srow + t0 // TS)[None, :] * N + offs_n[:, None], h, mask=mask_n[:, None])
         dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
         x = (dl * uu)[:, None, :] * Bt[:, :, None]
         pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
@@ -201,6 +201,11 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
             y = y * zz * _sigmoid(zz)
         tl.store(out_ptr + row + t[:, None], y, mask=mt)
+        if SAVE:
+            for j in tl.static_range(1, T // TS):
+                hj = tl.sum(tl.where((offs_t == j * TS - 1)[:, None, None], hs, 0.0), axis=0)
+                tl.store(Hsave_ptr + (srow + t0 // TS + j)[None, :] * N + offs_n[:, None], hj,
+                         mask=mask_n[:, None] & (t0 + j * TS < L))
         h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
     if RET_LAST:
         lidx = (pid_b * E + offs_d)[None, :] * N + offs_n[:, None]
@@ -294,7 +299,6 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     dA_acc = tl.zeros((NP, BD), tl.float32)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
-    ones = tl.full((T, NP, BD), 1.0, tl.float32)
     start = pid_c * chunk_len
     end = tl.minimum(start + chunk_len, L)
     ntile_c = (end - start + T - 1) // T
@@ -321,31 +325,36 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
                 y += Dv[None, :] * uu
             tl.store(dz_ptr + row + t[:, None], dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=mt)
             dy = dy * zz * sz
-        bt = Ct[:, :, None] * dy[:, None, :]
-        _, pg, bg = tl.associative_scan((dA, ones, bt), axis=0, combine_fn=_combine_adj, reverse=True)
-        g = bg + pg * R[None, :, :]
+        dCt = tl.sum(hs * dy[:, None, :], axis=2)
+        if ATOMIC:
+            tl.atomic_add(dC_ptr + brow + t[:, None], dCt, mask=mtn, sem="relaxed")
+        else:
+            tl.store(dC_ptr + prow + t[:, None], dCt, mask=mtn)
         hprev = hs - x
+        dA0 = tl.exp2(A2 * tl.sum(tl.where((offs_t == 0)[:, None], dl, 0.0), axis=0)[None, :])
+        mnext = ((t + 1 < L) & (offs_t < T - 1))[:, None]
+        _, dl_next = _load_delta(delta_ptr, bias, row + t[:, None] + 1, mnext, HAS_BIAS, SOFTPLUS)
+        pg, bg = tl.associative_scan((tl.exp2(A2[None, :, :] * dl_next[:, None, :]), Ct[:, :, None] * dy[:, None, :]),
+                                     axis=0, combine_fn=_combine_adj, reverse=True)
+        g = bg + pg * R[None, :, :]
+        dBt = tl.sum(g * (dl * uu)[:, None, :], axis=2)
+        if ATOMIC:
+            tl.atomic_add(dB_ptr + brow + t[:, None], dBt, mask=mtn, sem="relaxed")
+        else:
+            tl.store(dB_ptr + prow + t[:, None], dBt, mask=mtn)
         du = tl.sum(g * Bt[:, :, None], axis=1) * dl
         if HAS_D:
             du += Dv[None, :] * dy
             dD_acc += tl.sum(dy * uu, axis=0)
         ddl = tl.sum(g * (Bt[:, :, None] * uu[:, None, :] + hprev * A[None, :, :]), axis=1)
         dA_acc += tl.sum(g * hprev * dl[:, None, :], axis=0)
-        dBt = tl.sum(g * (dl * uu)[:, None, :], axis=2)
-        dCt = tl.sum(hs * dy[:, None, :], axis=2)
-        if ATOMIC:
-            tl.atomic_add(dB_ptr + brow + t[:, None], dBt, mask=mtn, sem="relaxed")
-            tl.atomic_add(dC_ptr + brow + t[:, None], dCt, mask=mtn, sem="relaxed")
-        else:
-            tl.store(dB_ptr + prow + t[:, None], dBt, mask=mtn)
-            tl.store(dC_ptr + prow + t[:, None], dCt, mask=mtn)
         if SOFTPLUS:
             ddl = tl.where(raw <= 20.0, ddl * _sigmoid(raw), ddl)
         ddl = tl.where(mt, ddl, 0.0)
         db_acc += tl.sum(ddl, axis=0)
         tl.store(du_ptr + row + t[:, None], du, mask=mt)
         tl.store(ddelta_ptr + row + t[:, None], ddl, mask=mt)
-        R = tl.sum(tl.where((offs_t == 0)[:, None, None], dA * g, 0.0), axis=0)
+        R = dA0 * tl.sum(tl.where((offs_t == 0)[:, None, None], g, 0.0), axis=0)
     pidx = (pid_b * nchunks + pid_c) * E + offs_d
     tl.store(dA_ptr + pidx[None, :] * N + offs_n[:, None], dA_acc, mask=mask_n[:, None])
     tl.store(dD_ptr + pidx, dD_acc)
