@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("slicer")
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
 
 from BraTSMambaLib.data import conventions as cv  # noqa: E402
 from BraTSMambaLib.data.phantom import write_phantom  # noqa: E402

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
 
 from BraTSMambaLib import mrml  # noqa: E402
 from BraTSMambaLib.data import conventions as cv  # noqa: E402
