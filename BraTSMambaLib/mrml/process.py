@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 PROGRESS_PREFIX = "@@brats-mamba-progress "
 
@@ -83,12 +83,16 @@ def parse_progress_line(line: str, current: Progress) -> Progress | None:
     return None
 
 
-def kill_process_tree(pid: int, *, grace_s: float = 2.0) -> None:
+def kill_process_tree(pid: int, *, grace_s: float = 2.0, root_alive: Callable[[], bool] | None = None) -> None:
     """Stop a process and every process it started: the process group on POSIX, taskkill /T on Windows.
 
     Descendants are found with psutil when it is installed (Slicer ships it), which also catches
-    children that left the group.
+    children that left the group. `root_alive` tells whether `pid` still runs when the caller is its
+    parent (an unreaped child looks alive to signals; Popen.poll() knows better).
     """
+    def alive(p: int) -> bool:
+        return root_alive() if (p == pid and root_alive is not None) else _alive(p)
+
     pids = [pid]
     try:
         import psutil
@@ -110,9 +114,9 @@ def kill_process_tree(pid: int, *, grace_s: float = 2.0) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.05)
-        if not any(_alive(p) for p in pids):
+        if not any(alive(p) for p in pids):
             return
 
 
@@ -228,7 +232,7 @@ class BackgroundProcess:
             return
         self.cancelled = True
         if self._proc.poll() is None:
-            kill_process_tree(self._proc.pid)
+            kill_process_tree(self._proc.pid, root_alive=lambda: self._proc.poll() is None)
         try:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
