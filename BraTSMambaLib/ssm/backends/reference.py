@@ -36,10 +36,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Cf = Cf.repeat_interleave(E // Cf.shape[1], dim=1)
     h = u32.new_zeros(batch, E, N)
     ys = []
-    for t in range(L):
-        decay = torch.exp(dt[:, :, t, None] * A32)
-        h = decay * h + (dt[:, :, t] * u32[:, :, t]).unsqueeze(-1) * Bf[:, :, :, t]
-        ys.append((h * Cf[:, :, :, t]).sum(-1))
+    # unbind: per-step views whose backward is one stack, not L full-size index gradients
+    for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), u32.unbind(-1), Bf.unbind(-1), Cf.unbind(-1)):
+        h = torch.exp(dt_t.unsqueeze(-1) * A32) * h + (dt_t * u_t).unsqueeze(-1) * B_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u32.new_zeros(batch, E, 0)
     if D is not None:
         y = y + D.float().unsqueeze(-1) * u32
