@@ -137,3 +137,16 @@ def test_models_command_json(capsys) -> None:
     assert rows[0]["scan_backends"]["cpu"]["torch"]["available"] is True
     assert rows[1]["scan_backends"] == {} and rows[1]["divisor"] == 16
     assert cli_main(["models", "nonexistent"]) == 2
+
+
+def test_vmunet3d_default_layout() -> None:
+    """Our own design: the documented size (docs/models/vmunet3d.md) and SS3D's six routes per block."""
+    with torch.device("meta"):
+        model = build_model("vmunet3d")
+    assert sum(p.numel() for p in model.parameters()) == 9_385_455
+    sd = _layout(model)
+    assert sd["layers.0.0.op.x_proj_weight"] == [6, 35, 96]
+    assert sd["layers.3.0.op.A_logs"] == [6 * 2 * 384, 16]
+    assert sd["patch_embed.proj.weight"] == [48, 4, 4, 4, 4]
+    assert sd["final_up.expand.weight"] == [4 ** 3 * 12, 48]
+    assert get_spec("vmunet3d").size_rule({"patch_embed": 2, "depths": (1, 1, 1)}) == (8, 8)

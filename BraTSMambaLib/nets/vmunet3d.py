@@ -21,6 +21,11 @@ from BraTSMambaLib.nets.defaults import VMUNET3D_DEFAULTS as DEFAULTS
 from BraTSMambaLib.ssm import SS3D
 
 
+def _linspace(stop: float, n: int) -> list[float]:
+    """Stochastic-depth rates 0..stop (plain Python: works when building on the meta device)."""
+    return [stop * i / (n - 1) for i in range(n)] if n > 1 else [0.0] * n
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (identity in eval mode)."""
 
@@ -118,7 +123,7 @@ class VMUNet3D(nn.Module):
         if len(depths_decoder) != n:
             raise ValueError(f"depths_decoder needs {n} entries, got {len(depths_decoder)}")
         dims = [embed_dim * 2 ** i for i in range(n)]
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = _linspace(drop_path_rate, sum(depths))
         blk = dict(d_state=d_state, expand=ssm_expand, d_conv=d_conv, mlp_ratio=mlp_ratio)
 
         self.patch_embed = PatchEmbed3D(in_channels, embed_dim, patch_embed)
@@ -129,7 +134,7 @@ class VMUNet3D(nn.Module):
             k += depths[i]
             if i < n - 1:
                 self.downsample.append(PatchMerging3D(dims[i]))
-        dpr_up = torch.linspace(0, drop_path_rate, sum(depths_decoder)).tolist()[::-1]
+        dpr_up = _linspace(drop_path_rate, sum(depths_decoder))[::-1]
         self.upsample, self.layers_up, k = nn.ModuleList(), nn.ModuleList(), 0
         for j in range(n):
             i = n - 1 - j
