@@ -14,7 +14,6 @@ def small_blocks(monkeypatch):
     """Tiny chunks and blocks so that short sequences cross many chunk and block boundaries."""
     monkeypatch.setattr(torch_scan, "CHUNK", 4)
     monkeypatch.setattr(torch_scan, "STEP_ELEMENTS", 2 * 6 * 3 * 3)
-    monkeypatch.setattr(torch_scan, "MAX_CHUNK", 3)
 
 
 def _inputs(b, E, L, N, groups, dtype, seed=0, with_z=True, with_D=True, with_bias=True):
@@ -117,6 +116,16 @@ def test_strong_decay_does_not_overflow(small_blocks):
     assert _rel(y, y_ref) <= 1e-5
     for k in g:
         assert _rel(g[k], g_ref[k]) <= 1e-4, k
+
+
+def test_b_and_c_grouped_differently(small_blocks):
+    t = _inputs(1, 6, 23, 3, 2, torch.float32, seed=11)
+    t["C"] = torch.randn(1, 3, 23, requires_grad=True)
+    y, h, g = _run("torch", t, True, True)
+    y_ref, h_ref, g_ref = _run("reference", t, True, True)
+    assert _rel(y, y_ref) <= 1e-5 and g["C"].shape == (1, 3, 23) and g["B"].shape == (1, 2, 3, 23)
+    for k in g:
+        assert _rel(g[k], g_ref[k]) <= 1e-5, k
 
 
 def test_fp64_inputs_keep_dtype():
