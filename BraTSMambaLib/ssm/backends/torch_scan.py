@@ -232,38 +232,132 @@ def _fold_groups(g: torch.Tensor, G: int) -> torch.Tensor:
     return g if Gc == G else g.view(b, G, Gc // G, N, L).sum(2)
 
 
+def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast):
+    b, E, L = u.shape
+    N = A.shape[1]
+    Gc = math.lcm(B.shape[1], C.shape[1])
+    f32 = dict(dtype=torch.float32, device=u.device)
+    grads = {"u": torch.empty(b, E, L, **f32), "delta": torch.empty(b, E, L, **f32),
+             "A": torch.zeros(E, N, **f32), "B": torch.empty(b, Gc, N, L, **f32),
+             "C": torch.empty(b, Gc, N, L, **f32),
+             "D": torch.zeros(E, **f32) if D is not None else None,
+             "z": torch.empty(b, E, L, **f32) if z is not None else None,
+             "delta_bias": torch.zeros(E, **f32) if delta_bias is not None else None}
+    D32 = D.float() if D is not None else None
+    gc = dlast.float() if dlast is not None else torch.zeros(b, E, N, **f32)
+    segs = _segments(b, E, N, L)
+    for i in range(len(segs) - 1, -1, -1):
+        s, e, c = segs[i]
+        sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c)
+        gc = _segment_backward(sg, states[i], dout, z, D32, gc, grads, s, e)
+    grads["B"] = _fold_groups(grads["B"], B.shape[1])
+    grads["C"] = _fold_groups(grads["C"], C.shape[1])
+    return grads
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CPU threading: channel parts on Python threads, each running single-threaded ATen ops
+# ----------------------------------------------------------------------------------------------------------
+# One scan is thousands of small ops; letting each of them fork/join an OpenMP team costs more than the op
+# (10x slower with 2 threads on a busy 2-core machine). Channels are independent, so the scan is split into
+# torch.get_num_threads() channel parts run on Python threads (ATen releases the GIL), and every step slice
+# is kept below ATen's parallel grain so that no op opens a parallel region of its own.
+
+_POOL = None
+#: per-part step slice on CPU when threads are used: below ATen's grain size (32768), so ops stay serial
+CPU_PART_STEP_ELEMENTS = 1 << 15
+
+
+def _pool(n: int):
+    global _POOL
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _POOL is None or _POOL._max_workers != n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bratsmamba-scan")
+    return _POOL
+
+
+def _parts(u, B, C) -> list[tuple[int, int, int, int]]:
+    """Channel parts (e0, e1, g0, g1) for the CPU threads; one part (everything) when not worth it."""
+    P = torch.get_num_threads() if u.device.type == "cpu" else 1
+    E = u.shape[1]
+    G = B.shape[1]
+    if P <= 1 or B.shape[1] != C.shape[1] or E < 2 * P:
+        return [(0, E, 0, G)]
+    if G == 1:
+        cuts = [round(E * p / P) for p in range(P + 1)]
+        return [(cuts[p], cuts[p + 1], 0, 1) for p in range(P)]
+    if G % P == 0:
+        H = E // G
+        return [(G * p // P * H, G * (p + 1) // P * H, G * p // P, G * (p + 1) // P) for p in range(P)]
+    return [(0, E, 0, G)]
+
+
+def _run_parts(fn, parts):
+    if len(parts) == 1:
+        return [fn(*parts[0])]
+    global STEP_ELEMENTS
+    saved = STEP_ELEMENTS
+
+    def serial(*part):
+        torch.set_num_threads(1)          # this worker thread only runs serial ops (per-thread OpenMP setting)
+        with torch.no_grad():             # grad mode is per thread; the Function computes its own gradients
+            return fn(*part)
+
+    STEP_ELEMENTS = min(STEP_ELEMENTS, CPU_PART_STEP_ELEMENTS)
+    try:
+        return [f.result() for f in [_pool(len(parts)).submit(serial, *p) for p in parts]]
+    finally:
+        STEP_ELEMENTS = saved
+
+
+def _sub(t, e0, e1, dim=1):
+    return None if t is None else t.narrow(dim, e0, e1 - e0)
+
+
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        out, last, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        parts = _parts(u, B, C)
+        ctx.parts = parts
+        grouped = B.shape[1] > 1
+
+        def run(e0, e1, g0, g1):
+            Bp, Cp = (B[:, g0:g1], C[:, g0:g1]) if grouped else (B, C)
+            return _forward(_sub(u, e0, e1), _sub(delta, e0, e1), A[e0:e1], Bp, Cp, _sub(D, e0, e1, 0),
+                            _sub(z, e0, e1), _sub(delta_bias, e0, e1, 0), delta_softplus)
+
+        res = _run_parts(run, parts)
+        out = torch.cat([r[0] for r in res], 1) if len(res) > 1 else res[0][0]
+        last = torch.cat([r[1] for r in res], 1) if len(res) > 1 else res[0][1]
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *[r[2] for r in res])
         ctx.softplus = delta_softplus
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        b, E, L = u.shape
-        N = A.shape[1]
-        Gc = math.lcm(B.shape[1], C.shape[1])
-        f32 = dict(dtype=torch.float32, device=u.device)
-        grads = {"u": torch.empty(b, E, L, **f32), "delta": torch.empty(b, E, L, **f32),
-                 "A": torch.zeros(E, N, **f32), "B": torch.empty(b, Gc, N, L, **f32),
-                 "C": torch.empty(b, Gc, N, L, **f32),
-                 "D": torch.zeros(E, **f32) if D is not None else None,
-                 "z": torch.empty(b, E, L, **f32) if z is not None else None,
-                 "delta_bias": torch.zeros(E, **f32) if delta_bias is not None else None}
-        D32 = D.float() if D is not None else None
-        gc = dlast.float() if dlast is not None else torch.zeros(b, E, N, **f32)
-        segs = _segments(b, E, N, L)
-        for i in range(len(segs) - 1, -1, -1):
-            s, e, c = segs[i]
-            sg = _Seg(u, delta, B, C, delta_bias, ctx.softplus, A, s, e, c)
-            gc = _segment_backward(sg, states[i], dout, z, D32, gc, grads, s, e)
-        cast = lambda k, like: grads[k].to(like.dtype) if like is not None else None
-        return (cast("u", u), cast("delta", delta), cast("A", A),
-                _fold_groups(grads["B"], B.shape[1]).to(B.dtype), _fold_groups(grads["C"], C.shape[1]).to(C.dtype),
-                cast("D", D), cast("z", z), cast("delta_bias", delta_bias), None)
+        u, delta, A, B, C, D, z, delta_bias, *states = ctx.saved_tensors
+        grouped = B.shape[1] > 1
+        parts = ctx.parts
+
+        def run(idx, e0, e1, g0, g1):
+            Bp, Cp = (B[:, g0:g1], C[:, g0:g1]) if grouped else (B, C)
+            return _backward(_sub(u, e0, e1), _sub(delta, e0, e1), A[e0:e1], Bp, Cp, _sub(D, e0, e1, 0),
+                             _sub(z, e0, e1), _sub(delta_bias, e0, e1, 0), ctx.softplus, states[idx],
+                             _sub(dout, e0, e1), _sub(dlast, e0, e1))
+
+        res = _run_parts(run, [(i, *p) for i, p in enumerate(parts)])
+        if len(res) == 1:
+            g = res[0]
+        else:
+            cat = lambda k, dim: torch.cat([r[k] for r in res], dim) if res[0][k] is not None else None
+            g = {k: cat(k, 1) for k in ("u", "delta", "z")}
+            g.update({k: cat(k, 0) for k in ("A", "D", "delta_bias")})
+            for k in ("B", "C"):
+                g[k] = cat(k, 1) if grouped else torch.stack([r[k] for r in res]).sum(0)
+        cast = lambda k, like: g[k].to(like.dtype) if like is not None else None
+        return (cast("u", u), cast("delta", delta), cast("A", A), cast("B", B), cast("C", C), cast("D", D),
+                cast("z", z), cast("delta_bias", delta_bias), None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
