@@ -140,3 +140,41 @@ def test_shape_errors_are_clear():
         selective_scan(t["u"], t["delta"], t["A"], t["B"][..., :5], t["C"], backend="torch")
     with pytest.raises(ValueError, match="divisible"):
         selective_scan(t["u"], t["delta"], t["A"], torch.randn(1, 3, 2, 9), t["C"], backend="torch")
+
+
+def test_cpu_thread_parts_match_single_thread():
+    """The CPU channel split over threads gives the same numbers as one thread (grouped and not)."""
+    outs = []
+    t = _inputs(1, 8, 70, 3, None, torch.float32, seed=4)
+    t2 = _inputs(1, 8, 70, 3, 2, torch.float32, seed=6)
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert len(torch_scan._parts(t["u"], t["B"].unsqueeze(1), t["C"].unsqueeze(1))) == threads
+            outs.append([_run("torch", t, True, True), _run("torch", t2, True, True)])
+    finally:
+        torch.set_num_threads(n)
+    for (y1, h1, g1), (y2, h2, g2) in zip(*outs):
+        torch.testing.assert_close(y1, y2, rtol=1e-6, atol=1e-6)   # block lengths differ: rounding only
+        for k in g1:
+            torch.testing.assert_close(g1[k], g2[k], rtol=1e-6, atol=1e-6)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """BRATSMAMBA_SCAN_COMPILE=1 where torch.compile cannot work: one warning, then the eager result."""
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setenv(torch_scan.COMPILE_ENV, "1")
+    monkeypatch.setattr(torch_scan, "_compile_broken", False)
+    monkeypatch.setattr(torch_scan, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    t = _inputs(1, 4, 300, 3, None, torch.float32, seed=8)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the scan failed"):
+        y = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True,
+                           backend="torch")
+    assert torch_scan._compile_broken
+    y_ref = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True,
+                           backend="reference")
+    assert _rel(y, y_ref) <= 1e-5
