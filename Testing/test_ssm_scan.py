@@ -178,3 +178,16 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     y_ref = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True,
                            backend="reference")
     assert _rel(y, y_ref) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_backend_on_cuda_matches_reference(dtype):
+    t = _inputs(2, 8, 300, 4, None, dtype, seed=12)
+    t = {k: (v.detach().cuda().requires_grad_() if v is not None else None) for k, v in t.items()}
+    y, h, g = _run("torch", t, True, True)
+    y_ref, h_ref, g_ref = _run("reference", t, True, True)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert y.device.type == "cuda" and _rel(y, y_ref) <= tol and _rel(h, h_ref) <= max(tol, 1e-3)
+    for k in g:
+        assert _rel(g[k], g_ref[k]) <= tol, k
