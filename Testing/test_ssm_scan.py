@@ -36,9 +36,9 @@ def _run(backend, t, softplus, last):
                          return_last_state=last, backend=backend, **kw)
     y, h = res if last else (res, None)
     g = torch.Generator().manual_seed(99)
-    loss = (y.float() * torch.randn(y.shape, generator=g)).sum()
+    loss = (y.float() * torch.randn(y.shape, generator=g).to(y.device)).sum()
     if h is not None:
-        loss = loss + (h * torch.randn(h.shape, generator=g)).sum()
+        loss = loss + (h * torch.randn(h.shape, generator=g).to(h.device)).sum()
     names = [k for k, v in t.items() if v is not None]
     grads = torch.autograd.grad(loss, [t[k] for k in names])
     return y, h, dict(zip(names, grads))
