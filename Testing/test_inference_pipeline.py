@@ -161,6 +161,28 @@ def test_seg_nrrd_has_overlapping_named_segments(model, tmp_path):
     assert ref.GetSize() == tuple(masks["WT"].shape)
 
 
+def test_seg_nrrd_is_read_by_slicer(model, tmp_path):
+    """Slicer's own segmentation storage node (PyPI slicer-core) reads three segments in three layers."""
+    slicer = pytest.importorskip("slicer")
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    case = make_phantom(2, SHAPE)
+    res = segment_case(write_case(case, tmp_path / "in"), model, tmp_path / "out", SegmentOptions(**OPTS))
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(res.paths["nrrd"]))
+    assert storage.ReadData(node) == 1
+    seg = node.GetSegmentation()
+    assert seg.GetNumberOfSegments() == 3 and seg.GetNumberOfLayers() == 3
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(res.paths["seg"])))
+    for i, region in enumerate(C.labels_to_regions(labels, "2021")):
+        segment = seg.GetNthSegment(i)
+        assert segment.GetName() == C.REGIONS[i]
+        voxels = vtk_to_numpy(segment.GetRepresentation("Binary labelmap").GetPointData().GetScalars())
+        assert int((voxels == segment.GetLabelValue()).sum()) == int(region.sum())
+
+
 def test_label_conventions_and_probabilities(model, tmp_path):
     case = make_phantom(4, SHAPE)
     folder = write_case(case, tmp_path / "in")
