@@ -103,10 +103,15 @@ def compare_case(case: dict, device: str, seed: int, backend: str = "triton") ->
         out, last = selective_scan_fn(**args, delta_softplus=case["softplus"], return_last_state=True)
     names = [k for k in GRAD_NAMES if args[k] is not None]
     grads = torch.autograd.grad(out, [args[k] for k in names], x["dout"])
+    out_nograd = None
+    if backend == "triton":
+        with torch.no_grad():
+            out_nograd = triton_scan.scan_with_config(**args, delta_softplus=case["softplus"], config=cfg)
     ref_args = {k: (v.detach().double().requires_grad_(True) if v is not None else None) for k, v in args.items()}
     ref_out, ref_last = reference64(**ref_args, delta_softplus=case["softplus"])
     ref_grads = torch.autograd.grad(ref_out, [ref_args[k] for k in names], x["dout"].double())
     res = {"out": rel(out, ref_out), "last": rel(last, ref_last),
+           **({"out_nograd": rel(out_nograd, ref_out)} if out_nograd is not None else {}),
            "out_dtype_ok": out.dtype == x["u"].dtype and last.dtype == torch.float32}
     for k, gr, rg in zip(names, grads, ref_grads):
         res[k] = rel(gr, rg)
@@ -121,7 +126,8 @@ INTERP_CASES = {
     "all_features_multichunk": dict(SMALL),
     "grouped_bc_big_delta": dict(SMALL, gB=2, gC=2, big_delta=True),
     "mixed_groups_bwd_blocks": dict(SMALL, E=8, gB=0, gC=2, cfg=dict(tile_fwd=8, tile_bwd=8, bd_fwd=4, bd_bwd=2,
-                                                                      chunk_tiles_fwd=1, chunk_tiles_bwd=3)),
+                                                                      bd_fwd_nograd=8, chunk_tiles_fwd=1,
+                                                                      chunk_tiles_bwd=3)),
     "many_chunks_chunk_scan_tiles": dict(SMALL, cfg=dict(tile_fwd=2, tile_bwd=2, bd_fwd=2, bd_bwd=4, chunk_tiles_fwd=1,
                                                          chunk_tiles_bwd=1)),
     "atomic_dbc": dict(SMALL, E=8, gC=2, cfg=dict(tile_fwd=8, tile_bwd=8, bd_fwd=2, bd_bwd=2, chunk_tiles_fwd=2, chunk_tiles_bwd=2,

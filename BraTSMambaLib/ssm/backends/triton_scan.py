@@ -25,19 +25,22 @@ class ScanConfig:
     `tile_bwd` positions for the backward, so the forward tile is raised to at least `tile_bwd`);
     `bd_*` channels per program (power of two; reduced until it divides E/G); `warps_*` warps per
     program; `chunk_tiles_*` tiles per chunk (None: enough chunks for `target_programs` programs);
-    `atomic_dbc`: accumulate dB/dC with atomics instead of per-block partial sums (not bit-reproducible).
-    Defaults: the fastest spill-free configuration measured on an H200 (docs/performance.md)."""
+    `atomic_dbc`: accumulate dB/dC with atomics instead of per-block partial sums (not bit-reproducible,
+    like mamba_ssm's kernel); `bd_fwd_nograd`: channels per program of a forward that saves nothing.
+    Defaults: the configurations measured fastest on an H200 at SegMamba's stage-0 shape
+    (training: sweep configuration 3; inference: configuration 6; docs/performance.md)."""
 
     tile_fwd: int = 16
     tile_bwd: int = 8
     bd_fwd: int = 8
-    bd_bwd: int = 16
+    bd_bwd: int = 8
     warps_fwd: int = 1
-    warps_bwd: int = 2
+    warps_bwd: int = 1
     chunk_tiles_fwd: int | None = None
     chunk_tiles_bwd: int | None = None
     target_programs: int = 2048
-    atomic_dbc: bool = False
+    atomic_dbc: bool = True
+    bd_fwd_nograd: int = 4
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -116,7 +119,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, want_last: boo
     G, N = B.shape[1], A.shape[1]
     NP = max(2, _next_pow2(N))
     T, TS = _tiles(L, cfg)
-    BD = _pow2_divisor(cfg.bd_fwd, E // G)
+    BD = _pow2_divisor(cfg.bd_fwd if save else cfg.bd_fwd_nograd, E // G)
     chunk_len, nc = _chunking(L, T, b * E // BD, cfg.chunk_tiles_fwd, cfg.target_programs)
     ntiles = -(-L // TS)
     f32 = dict(device=u.device, dtype=torch.float32)
