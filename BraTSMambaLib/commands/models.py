@@ -82,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(str(x[i])) for x in [head, *table]) for i in range(len(head))]
     for line in [head, *table]:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-    print("\nRecommended patch size 128x128x128 for all; sides are (z, y, x) in voxels. "
-          "Reference implementations: brats-mamba models --json.")
+    print("\nParameters: default BraTS configuration (4 inputs, 3 regions), deep supervision off. Recommended patch "
+          "size 128x128x128 for all; sides are (z, y, x) in voxels. Sources: brats-mamba models --json.")
     return 0
