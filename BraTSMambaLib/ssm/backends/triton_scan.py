@@ -6,6 +6,7 @@ sequence is also cut into chunks that run at once (see `triton_scan_kernels` for
 GPU fills at any batch size. Semantics, shapes and dtypes are those of mamba_ssm's `selective_scan_fn`.
 triton is imported only when a scan runs or availability is asked.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,12 +61,15 @@ def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
     try:
         import triton
 
-        from BraTSMambaLib.ssm.backends import triton_scan_kernels  # noqa: F401
-    except Exception as e:
+        _kernels()
+    except Exception as e:  # noqa: BLE001 - any import or driver failure means "not available"
         return False, f"triton is not usable: {type(e).__name__}: {e}".splitlines()[0]
     major, minor = torch.cuda.get_device_capability(dev)
     if major < 7:
-        return False, f"triton needs compute capability >= 7.0 (device has {major}.{minor})"
+        return (
+            False,
+            f"triton needs compute capability >= 7.0 (device has {major}.{minor})",
+        )
     return True, f"triton {triton.__version__} on {torch.cuda.get_device_name(dev)}"
 
 
@@ -87,7 +91,9 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _chunking(L: int, tile: int, programs_per_chunk: int, chunk_tiles: int | None, target: int) -> tuple[int, int]:
+def _chunking(
+    L: int, tile: int, programs_per_chunk: int, chunk_tiles: int | None, target: int
+) -> tuple[int, int]:
     """(chunk length, number of chunks)."""
     ntiles = -(-L // tile)
     if chunk_tiles is None:
@@ -103,16 +109,43 @@ def _tiles(L: int, cfg: ScanConfig) -> tuple[int, int]:
     return max(tb, min(cfg.tile_fwd, _next_pow2(L))), tb
 
 
-def _scan_chunks(S: torch.Tensor, dsum: torch.Tensor, A: torch.Tensor, H: torch.Tensor, reverse: bool) -> None:
+def _scan_chunks(
+    S: torch.Tensor, dsum: torch.Tensor, A: torch.Tensor, H: torch.Tensor, reverse: bool
+) -> None:
     """H[:, :, c] = state entering chunk c, given chunk end states S from zero and summed deltas dsum."""
     b, E, nc, N = S.shape
     BD = min(32, _next_pow2(E))
     CT = max(2, min(16, _next_pow2(nc)))
-    _kernels()._chunk_scan[(-(-E // BD), b)](S, dsum, A, H, E, N, nc, REVERSE=reverse, BD=BD,
-                                             NP=max(2, _next_pow2(N)), CT=CT, num_warps=4)
+    _kernels()._chunk_scan[(-(-E // BD), b)](
+        S,
+        dsum,
+        A,
+        H,
+        E,
+        N,
+        nc,
+        REVERSE=reverse,
+        BD=BD,
+        NP=max(2, _next_pow2(N)),
+        CT=CT,
+        num_warps=4,
+    )
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, want_last: bool, save: bool, cfg: ScanConfig):
+def _forward(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    softplus: bool,
+    want_last: bool,
+    save: bool,
+    cfg: ScanConfig,
+):
     """Run the forward passes; returns (out, last_state or None, tile-start states or None)."""
     k = _kernels()
     b, E, L = u.shape
@@ -120,32 +153,81 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, want_last: boo
     NP = max(2, _next_pow2(N))
     T, TS = _tiles(L, cfg)
     BD = _pow2_divisor(cfg.bd_fwd if save else cfg.bd_fwd_nograd, E // G)
-    chunk_len, nc = _chunking(L, T, b * E // BD, cfg.chunk_tiles_fwd, cfg.target_programs)
+    chunk_len, nc = _chunking(
+        L, T, b * E // BD, cfg.chunk_tiles_fwd, cfg.target_programs
+    )
     ntiles = -(-L // TS)
-    f32 = dict(device=u.device, dtype=torch.float32)
+    f32 = {"device": u.device, "dtype": torch.float32}
     out = torch.empty_like(u)
     Hsave = torch.empty((b, E, ntiles, N), **f32) if save else out
     last = torch.empty((b, E, N), **f32) if want_last else out
     dummy = out
     grid = (nc, E // BD, b)
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BD=BD, NP=NP, T=T)
+    flags = {
+        "HAS_BIAS": delta_bias is not None,
+        "SOFTPLUS": softplus,
+        "BD": BD,
+        "NP": NP,
+        "T": T,
+    }
     H = dummy
     if nc > 1:
         S = torch.empty((b, E, nc, N), **f32)
         dsum = torch.empty((b, E, nc), **f32)
-        k._fwd_chunk_state[grid](u, delta, A, B, delta_bias if delta_bias is not None else dummy, S, dsum,
-                                 E, L, N, G, nc, chunk_len, num_warps=cfg.warps_fwd, **flags)
+        k._fwd_chunk_state[grid](
+            u,
+            delta,
+            A,
+            B,
+            delta_bias if delta_bias is not None else dummy,
+            S,
+            dsum,
+            E,
+            L,
+            N,
+            G,
+            nc,
+            chunk_len,
+            num_warps=cfg.warps_fwd,
+            **flags,
+        )
         H = torch.empty_like(S)
         _scan_chunks(S, dsum, A, H, reverse=False)
-    k._fwd_chunk_out[grid](u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-                           delta_bias if delta_bias is not None else dummy, H, out, Hsave, last,
-                           E, L, N, G, nc, chunk_len, ntiles,
-                           HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=nc > 1, SAVE=save,
-                           RET_LAST=want_last, TS=TS, num_warps=cfg.warps_fwd, **flags)
+    k._fwd_chunk_out[grid](
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D if D is not None else dummy,
+        z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy,
+        H,
+        out,
+        Hsave,
+        last,
+        E,
+        L,
+        N,
+        G,
+        nc,
+        chunk_len,
+        ntiles,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_INIT=nc > 1,
+        SAVE=save,
+        RET_LAST=want_last,
+        TS=TS,
+        num_warps=cfg.warps_fwd,
+        **flags,
+    )
     return out, (last if want_last else None), (Hsave if save else None)
 
 
-def _backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, Hsave, cfg: ScanConfig):
+def _backward(
+    dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, Hsave, cfg: ScanConfig
+):
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in float32 where they are reductions."""
     k = _kernels()
     b, E, L = u.shape
@@ -154,20 +236,45 @@ def _backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, Hsave, 
     _, T = _tiles(L, cfg)
     BD = _pow2_divisor(cfg.bd_bwd, E // G)
     nblk = (E // G) // BD
-    chunk_len, nc = _chunking(L, T, b * E // BD, cfg.chunk_tiles_bwd, cfg.target_programs)
+    chunk_len, nc = _chunking(
+        L, T, b * E // BD, cfg.chunk_tiles_bwd, cfg.target_programs
+    )
     ntiles = -(-L // T)
-    f32 = dict(device=u.device, dtype=torch.float32)
+    f32 = {"device": u.device, "dtype": torch.float32}
     dummy = u
     bias_t = delta_bias if delta_bias is not None else dummy
     z_t = z if z is not None else dummy
     grid = (nc, E // BD, b)
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, BD=BD, NP=NP, T=T)
+    flags = {
+        "HAS_BIAS": delta_bias is not None,
+        "SOFTPLUS": softplus,
+        "BD": BD,
+        "NP": NP,
+        "T": T,
+    }
     R = dummy
     if nc > 1:
         S = torch.empty((b, E, nc, N), **f32)
         dsum = torch.empty((b, E, nc), **f32)
-        k._bwd_chunk_state[grid](delta, A, C, z_t, bias_t, dout, S, dsum, E, L, N, G, nc, chunk_len,
-                                 HAS_Z=z is not None, num_warps=cfg.warps_bwd, **flags)
+        k._bwd_chunk_state[grid](
+            delta,
+            A,
+            C,
+            z_t,
+            bias_t,
+            dout,
+            S,
+            dsum,
+            E,
+            L,
+            N,
+            G,
+            nc,
+            chunk_len,
+            HAS_Z=z is not None,
+            num_warps=cfg.warps_bwd,
+            **flags,
+        )
         R = torch.empty_like(S)
         _scan_chunks(S, dsum, A, R, reverse=True)
     du = torch.empty_like(u)
@@ -180,20 +287,59 @@ def _backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, Hsave, 
     dAp = torch.empty((b, nc, E, N), **f32)
     dDp = torch.empty((b, nc, E), **f32)
     dbp = torch.empty((b, nc, E), **f32)
-    k._bwd_chunk_grads[grid](u, delta, A, B, C, D if D is not None else dummy, z_t, bias_t, dout, Hsave, R,
-                             du, ddelta, dz, dBp, dCp, dAp, dDp, dbp,
-                             E, L, N, G, nc, chunk_len, ntiles,
-                             HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=nc > 1, ATOMIC=atomic,
-                             num_warps=cfg.warps_bwd, **flags)
+    k._bwd_chunk_grads[grid](
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D if D is not None else dummy,
+        z_t,
+        bias_t,
+        dout,
+        Hsave,
+        R,
+        du,
+        ddelta,
+        dz,
+        dBp,
+        dCp,
+        dAp,
+        dDp,
+        dbp,
+        E,
+        L,
+        N,
+        G,
+        nc,
+        chunk_len,
+        ntiles,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_INIT=nc > 1,
+        ATOMIC=atomic,
+        num_warps=cfg.warps_bwd,
+        **flags,
+    )
     dB = dBp.sum(2) if dBp.shape[2] > 1 else dBp[:, :, 0]
     dC = dCp.sum(2) if dCp.shape[2] > 1 else dCp[:, :, 0]
-    return (du, ddelta, dAp.sum((0, 1)), dB, dC, dDp.sum((0, 1)) if D is not None else None,
-            dz if z is not None else None, dbp.sum((0, 1)) if delta_bias is not None else None)
+    return (
+        du,
+        ddelta,
+        dAp.sum((0, 1)),
+        dB,
+        dC,
+        dDp.sum((0, 1)) if D is not None else None,
+        dz if z is not None else None,
+        dbp.sum((0, 1)) if delta_bias is not None else None,
+    )
 
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cfg):
+    def forward(
+        ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cfg
+    ):
         squeeze_B, squeeze_C = B.dim() == 3, C.dim() == 3
         Bk = (B.unsqueeze(1) if squeeze_B else B).contiguous()
         Ck = (C.unsqueeze(1) if squeeze_C else C).contiguous()
@@ -205,14 +351,37 @@ class _SelectiveScanTriton(torch.autograd.Function):
         zc = z.contiguous() if z is not None else None
         bc = delta_bias.contiguous().float() if delta_bias is not None else None
         save = any(ctx.needs_input_grad[:8])
-        out, last, Hsave = _forward(uc, dc, Ac, Bk, Ck, Dc, zc, bc, bool(delta_softplus), bool(return_last_state),
-                                    save, cfg)
+        out, last, Hsave = _forward(
+            uc,
+            dc,
+            Ac,
+            Bk,
+            Ck,
+            Dc,
+            zc,
+            bc,
+            bool(delta_softplus),
+            bool(return_last_state),
+            save,
+            cfg,
+        )
         if save:
             ctx.save_for_backward(uc, dc, Ac, Bk, Ck, Dc, zc, bc, Hsave)
-        ctx.meta = (bool(delta_softplus), squeeze_B, squeeze_C, B.shape[1] if B.dim() == 4 else 1,
-                    C.shape[1] if C.dim() == 4 else 1, cfg)
-        ctx.dtypes = (A.dtype, B.dtype, C.dtype, None if D is None else D.dtype,
-                      None if delta_bias is None else delta_bias.dtype)
+        ctx.meta = (
+            bool(delta_softplus),
+            squeeze_B,
+            squeeze_C,
+            B.shape[1] if B.dim() == 4 else 1,
+            C.shape[1] if C.dim() == 4 else 1,
+            cfg,
+        )
+        ctx.dtypes = (
+            A.dtype,
+            B.dtype,
+            C.dtype,
+            None if D is None else D.dtype,
+            None if delta_bias is None else delta_bias.dtype,
+        )
         if return_last_state:
             ctx.mark_non_differentiable(last)
             return out, last
@@ -223,57 +392,131 @@ class _SelectiveScanTriton(torch.autograd.Function):
         uc, dc, Ac, Bk, Ck, Dc, zc, bc, Hsave = ctx.saved_tensors
         softplus, squeeze_B, squeeze_C, GB, GC, cfg = ctx.meta
         A_dt, B_dt, C_dt, D_dt, b_dt = ctx.dtypes
-        du, ddelta, dA, dB, dC, dD, dz, db = _backward(dout.contiguous(), uc, dc, Ac, Bk, Ck, Dc, zc, bc, softplus,
-                                                       Hsave, cfg)
+        du, ddelta, dA, dB, dC, dD, dz, db = _backward(
+            dout.contiguous(), uc, dc, Ac, Bk, Ck, Dc, zc, bc, softplus, Hsave, cfg
+        )
 
         def regroup(g, groups, squeeze):
             if g.shape[1] != groups:
-                g = g.reshape(g.shape[0], groups, g.shape[1] // groups, *g.shape[2:]).sum(2)
+                g = g.reshape(
+                    g.shape[0], groups, g.shape[1] // groups, *g.shape[2:]
+                ).sum(2)
             return g.squeeze(1) if squeeze else g
 
         dB = regroup(dB, GB, squeeze_B).to(B_dt)
         dC = regroup(dC, GC, squeeze_C).to(C_dt)
-        return (du, ddelta, dA.to(A_dt), dB, dC, None if dD is None else dD.to(D_dt), dz,
-                None if db is None else db.to(b_dt), None, None, None)
+        return (
+            du,
+            ddelta,
+            dA.to(A_dt),
+            dB,
+            dC,
+            None if dD is None else dD.to(D_dt),
+            dz,
+            None if db is None else db.to(b_dt),
+            None,
+            None,
+            None,
+        )
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"triton selective_scan: u and delta must be (batch, E, L), got {tuple(u.shape)}, "
-                         f"{tuple(delta.shape)}")
+        raise ValueError(
+            f"triton selective_scan: u and delta must be (batch, E, L), got {tuple(u.shape)}, "
+            f"{tuple(delta.shape)}"
+        )
     b, E, L = u.shape
     if A.dim() != 2 or A.shape[0] != E or A.is_complex():
-        raise ValueError(f"triton selective_scan: A must be real (E={E}, N), got {tuple(A.shape)} {A.dtype}")
+        raise ValueError(
+            f"triton selective_scan: A must be real (E={E}, N), got {tuple(A.shape)} {A.dtype}"
+        )
     N = A.shape[1]
     for nm, t in (("B", B), ("C", C)):
         ok = (t.dim() == 3 and tuple(t.shape) == (b, N, L)) or (
-            t.dim() == 4 and t.shape[0] == b and tuple(t.shape[2:]) == (N, L) and E % t.shape[1] == 0)
+            t.dim() == 4
+            and t.shape[0] == b
+            and tuple(t.shape[2:]) == (N, L)
+            and E % t.shape[1] == 0
+        )
         if not ok:
-            raise ValueError(f"triton selective_scan: {nm} must be (batch, N, L) or (batch, G, N, L) with G | E "
-                             f"(input-dependent), got {tuple(t.shape)}")
-    for nm, t, shape in (("D", D, (E,)), ("delta_bias", delta_bias, (E,)), ("z", z, (b, E, L))):
+            raise ValueError(
+                f"triton selective_scan: {nm} must be (batch, N, L) or (batch, G, N, L) with G | E "
+                f"(input-dependent), got {tuple(t.shape)}"
+            )
+    for nm, t, shape in (
+        ("D", D, (E,)),
+        ("delta_bias", delta_bias, (E,)),
+        ("z", z, (b, E, L)),
+    ):
         if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"triton selective_scan: {nm} must be {shape}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"triton selective_scan: {nm} must be {shape}, got {tuple(t.shape)}"
+            )
     dev = u.device
     if dev.type != "cuda" and not _interpreting():
-        raise BackendUnavailableError(f"the triton scan backend needs CUDA tensors (got {dev})")
-    for nm, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("delta_bias", delta_bias)):
+        raise BackendUnavailableError(
+            f"the triton scan backend needs CUDA tensors (got {dev})"
+        )
+    for nm, t in (
+        ("delta", delta),
+        ("A", A),
+        ("B", B),
+        ("C", C),
+        ("D", D),
+        ("z", z),
+        ("delta_bias", delta_bias),
+    ):
         if t is not None and t.device != dev:
-            raise ValueError(f"triton selective_scan: {nm} is on {t.device}, u on {dev}")
+            raise ValueError(
+                f"triton selective_scan: {nm} is on {t.device}, u on {dev}"
+            )
 
 
-def scan_with_config(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                     return_last_state=False, *, config: ScanConfig = DEFAULT_CONFIG):
+def scan_with_config(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    *,
+    config: ScanConfig = DEFAULT_CONFIG,
+):
     """`selective_scan` with an explicit launch configuration (tests and benchmarks)."""
     _validate(u, delta, A, B, C, D, z, delta_bias)
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                      config)
+    return _SelectiveScanTriton.apply(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, config
+    )
 
 
-def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
-                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False):
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
     """mamba_ssm `selective_scan_fn` semantics on the chunked Triton kernel; differentiable in every input."""
-    return scan_with_config(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                            config=DEFAULT_CONFIG)
+    return scan_with_config(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        delta_softplus,
+        return_last_state,
+        config=DEFAULT_CONFIG,
+    )

@@ -15,6 +15,7 @@ right to left, recomputing a tile's forward states from the tile-start states th
 saved: no (batch, E, L, N) tensor is ever stored. All state arithmetic is fp32.
 This module imports triton; import it only where triton works.
 """
+
 from __future__ import annotations
 
 import triton
@@ -50,7 +51,9 @@ def _combine_adj(a_r, b_r, a_l, b_l):
 
 
 @triton.jit
-def _load_delta(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _load_delta(
+    delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
+):
     """(T, BD) raw delta (+ bias) and the effective delta (softplus'd, zero outside the sequence)."""
     raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -63,10 +66,26 @@ def _load_delta(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: t
 
 
 @triton.jit
-def _fwd_chunk_state(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, dsum_ptr,
-                     E, L, N, G, nchunks, chunk_len,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+def _fwd_chunk_state(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    bias_ptr,
+    S_ptr,
+    dsum_ptr,
+    E,
+    L,
+    N,
+    G,
+    nchunks,
+    chunk_len,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    BD: tl.constexpr,
+    NP: tl.constexpr,
+    T: tl.constexpr,
+):
     """Per (chunk, channel block, batch): end state from a zero start, and the summed delta."""
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -76,7 +95,14 @@ def _fwd_chunk_state(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, dsum_ptr,
     mask_n = offs_n < N
     offs_t = tl.arange(0, T)
     grp = (pid_d * BD) // (E // G)
-    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = (
+        tl.load(
+            A_ptr + offs_d[None, :] * N + offs_n[:, None],
+            mask=mask_n[:, None],
+            other=0.0,
+        ).to(tl.float32)
+        * 1.4426950408889634
+    )
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d).to(tl.float32)
@@ -91,11 +117,15 @@ def _fwd_chunk_state(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, dsum_ptr,
         mt = (t < L)[:, None]
         _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
         uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0).to(tl.float32)
+        Bt = tl.load(
+            B_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0
+        ).to(tl.float32)
         cum = tl.cumsum(dl, axis=0)
         tot = tl.sum(dl, axis=0)
         w = tl.exp2(A2[None, :, :] * (tot[None, :] - cum)[:, None, :])
-        S = S * tl.exp2(A2 * tot[None, :]) + tl.sum(w * (dl * uu)[:, None, :] * Bt[:, :, None], axis=0)
+        S = S * tl.exp2(A2 * tot[None, :]) + tl.sum(
+            w * (dl * uu)[:, None, :] * Bt[:, :, None], axis=0
+        )
         dsum += tot
     cidx = (pid_b * E + offs_d) * nchunks + pid_c
     tl.store(S_ptr + cidx[None, :] * N + offs_n[:, None], S, mask=mask_n[:, None])
@@ -103,8 +133,19 @@ def _fwd_chunk_state(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, S_ptr, dsum_ptr,
 
 
 @triton.jit
-def _chunk_scan(S_ptr, dsum_ptr, A_ptr, H_ptr, E, N, nchunks,
-                REVERSE: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, CT: tl.constexpr):
+def _chunk_scan(
+    S_ptr,
+    dsum_ptr,
+    A_ptr,
+    H_ptr,
+    E,
+    N,
+    nchunks,
+    REVERSE: tl.constexpr,
+    BD: tl.constexpr,
+    NP: tl.constexpr,
+    CT: tl.constexpr,
+):
     """Recurrence over chunks: H[c] is the state entering chunk c (from the left, or the right).
 
     CT chunks at a time go through one associative scan, so the sequential depth is nchunks / CT.
@@ -116,7 +157,12 @@ def _chunk_scan(S_ptr, dsum_ptr, A_ptr, H_ptr, E, N, nchunks,
     offs_n = tl.arange(0, NP)
     offs_c = tl.arange(0, CT)
     m2 = mask_d[None, :] & (offs_n < N)[:, None]
-    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m2, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = (
+        tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m2, other=0.0).to(
+            tl.float32
+        )
+        * 1.4426950408889634
+    )
     base = (pid_b * E + offs_d) * nchunks
     h = tl.zeros((NP, BD), tl.float32)
     for c0 in range(0, nchunks, CT):
@@ -130,27 +176,64 @@ def _chunk_scan(S_ptr, dsum_ptr, A_ptr, H_ptr, E, N, nchunks,
         valid = k < nchunks
         idx = base[None, :] + c[:, None]
         m3 = valid[:, None, None] & m2[None, :, :]
-        s = tl.load(S_ptr + idx[:, None, :] * N + offs_n[None, :, None], mask=m3, other=0.0)
+        s = tl.load(
+            S_ptr + idx[:, None, :] * N + offs_n[None, :, None], mask=m3, other=0.0
+        )
         ds = tl.load(dsum_ptr + idx, mask=valid[:, None] & mask_d[None, :], other=0.0)
-        pa, hb = tl.associative_scan((tl.exp2(A2[None, :, :] * ds[:, None, :]), s), axis=0, combine_fn=_combine_fwd)
+        pa, hb = tl.associative_scan(
+            (tl.exp2(A2[None, :, :] * ds[:, None, :]), s),
+            axis=0,
+            combine_fn=_combine_fwd,
+        )
         incl = hb + pa * h[None, :, :]
         first = base[None, :] + c[:, None]
-        tl.store(H_ptr + first[:, None, :] * N + offs_n[None, :, None], tl.broadcast_to(h[None, :, :], (CT, NP, BD)),
-                 mask=m3 & (offs_c == 0)[:, None, None])
+        tl.store(
+            H_ptr + first[:, None, :] * N + offs_n[None, :, None],
+            tl.broadcast_to(h[None, :, :], (CT, NP, BD)),
+            mask=m3 & (offs_c == 0)[:, None, None],
+        )
         nidx = base[None, :] + nxt[:, None]
-        tl.store(H_ptr + nidx[:, None, :] * N + offs_n[None, :, None], incl,
-                 mask=m3 & (k + 1 < nchunks)[:, None, None])
+        tl.store(
+            H_ptr + nidx[:, None, :] * N + offs_n[None, :, None],
+            incl,
+            mask=m3 & (k + 1 < nchunks)[:, None, None],
+        )
         h = tl.sum(tl.where((offs_c == CT - 1)[:, None, None], incl, 0.0), axis=0)
 
 
 @triton.jit
-def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-                   H_ptr, out_ptr, Hsave_ptr, last_ptr,
-                   E, L, N, G, nchunks, chunk_len, ntiles,
-                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-                   HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, SAVE: tl.constexpr,
-                   RET_LAST: tl.constexpr, TS: tl.constexpr,
-                   BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+def _fwd_chunk_out(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    H_ptr,
+    out_ptr,
+    Hsave_ptr,
+    last_ptr,
+    E,
+    L,
+    N,
+    G,
+    nchunks,
+    chunk_len,
+    ntiles,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    SAVE: tl.constexpr,
+    RET_LAST: tl.constexpr,
+    TS: tl.constexpr,
+    BD: tl.constexpr,
+    NP: tl.constexpr,
+    T: tl.constexpr,
+):
     """Per (chunk, channel block, batch): scan the chunk from its start state and write y.
 
     With SAVE, the state entering every TS-position segment goes to Hsave (b, E, cdiv(L, TS), N).
@@ -163,7 +246,14 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     mask_n = offs_n < N
     offs_t = tl.arange(0, T)
     grp = (pid_d * BD) // (E // G)
-    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = (
+        tl.load(
+            A_ptr + offs_d[None, :] * N + offs_n[:, None],
+            mask=mask_n[:, None],
+            other=0.0,
+        ).to(tl.float32)
+        * 1.4426950408889634
+    )
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d).to(tl.float32)
@@ -175,7 +265,9 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
     if HAS_INIT:
         cidx = (pid_b * E + offs_d) * nchunks + pid_c
-        h = tl.load(H_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
+        h = tl.load(
+            H_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0
+        )
     else:
         h = tl.zeros((NP, BD), tl.float32)
     start = pid_c * chunk_len
@@ -189,7 +281,11 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
         if SAVE:
-            tl.store(Hsave_ptr + (srow + t0 // TS)[None, :] * N + offs_n[:, None], h, mask=mask_n[:, None])
+            tl.store(
+                Hsave_ptr + (srow + t0 // TS)[None, :] * N + offs_n[:, None],
+                h,
+                mask=mask_n[:, None],
+            )
         dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
         x = (dl * uu)[:, None, :] * Bt[:, :, None]
         pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
@@ -203,9 +299,14 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         tl.store(out_ptr + row + t[:, None], y, mask=mt)
         if SAVE:
             for j in tl.static_range(1, T // TS):
-                hj = tl.sum(tl.where((offs_t == j * TS - 1)[:, None, None], hs, 0.0), axis=0)
-                tl.store(Hsave_ptr + (srow + t0 // TS + j)[None, :] * N + offs_n[:, None], hj,
-                         mask=mask_n[:, None] & (t0 + j * TS < L))
+                hj = tl.sum(
+                    tl.where((offs_t == j * TS - 1)[:, None, None], hs, 0.0), axis=0
+                )
+                tl.store(
+                    Hsave_ptr + (srow + t0 // TS + j)[None, :] * N + offs_n[:, None],
+                    hj,
+                    mask=mask_n[:, None] & (t0 + j * TS < L),
+                )
         h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
     if RET_LAST:
         lidx = (pid_b * E + offs_d)[None, :] * N + offs_n[:, None]
@@ -213,10 +314,28 @@ def _fwd_chunk_out(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
 
 
 @triton.jit
-def _bwd_chunk_state(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, S_ptr, dsum_ptr,
-                     E, L, N, G, nchunks, chunk_len,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-                     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+def _bwd_chunk_state(
+    delta_ptr,
+    A_ptr,
+    C_ptr,
+    z_ptr,
+    bias_ptr,
+    dout_ptr,
+    S_ptr,
+    dsum_ptr,
+    E,
+    L,
+    N,
+    G,
+    nchunks,
+    chunk_len,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    BD: tl.constexpr,
+    NP: tl.constexpr,
+    T: tl.constexpr,
+):
     """Per chunk: the adjoint it sends out of its left end (a_s g_s) with no inflow from the right."""
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -226,7 +345,14 @@ def _bwd_chunk_state(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, S_ptr, 
     mask_n = offs_n < N
     offs_t = tl.arange(0, T)
     grp = (pid_d * BD) // (E // G)
-    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = (
+        tl.load(
+            A_ptr + offs_d[None, :] * N + offs_n[:, None],
+            mask=mask_n[:, None],
+            other=0.0,
+        ).to(tl.float32)
+        * 1.4426950408889634
+    )
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d).to(tl.float32)
@@ -244,7 +370,9 @@ def _bwd_chunk_state(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, S_ptr, 
         if HAS_Z:
             zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
             dy = dy * zz * _sigmoid(zz)
-        Ct = tl.load(C_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0).to(tl.float32)
+        Ct = tl.load(
+            C_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0
+        ).to(tl.float32)
         cum = tl.cumsum(dl, axis=0) + run[None, :]
         w = tl.exp2(A2[None, :, :] * cum[:, None, :])
         S += tl.sum(w * Ct[:, :, None] * dy[:, None, :], axis=0)
@@ -255,13 +383,43 @@ def _bwd_chunk_state(delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dout_ptr, S_ptr, 
 
 
 @triton.jit
-def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
-                     Hsave_ptr, R_ptr,
-                     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-                     E, L, N, G, nchunks, chunk_len, ntiles,
-                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-                     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, ATOMIC: tl.constexpr,
-                     BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+def _bwd_chunk_grads(
+    u_ptr,
+    delta_ptr,
+    A_ptr,
+    B_ptr,
+    C_ptr,
+    D_ptr,
+    z_ptr,
+    bias_ptr,
+    dout_ptr,
+    Hsave_ptr,
+    R_ptr,
+    du_ptr,
+    ddelta_ptr,
+    dz_ptr,
+    dB_ptr,
+    dC_ptr,
+    dA_ptr,
+    dD_ptr,
+    dbias_ptr,
+    E,
+    L,
+    N,
+    G,
+    nchunks,
+    chunk_len,
+    ntiles,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    BD: tl.constexpr,
+    NP: tl.constexpr,
+    T: tl.constexpr,
+):
     """Per (chunk, channel block, batch): walk the tiles right to left and write all gradients.
 
     dB/dC are summed over the block's channels and written into partial buffers (batch, G, blocks
@@ -279,7 +437,9 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     grp = (pid_d * BD) // per_grp
     nblk = per_grp // BD
     jblk = pid_d % nblk
-    A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32)
+    A = tl.load(
+        A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0
+    ).to(tl.float32)
     A2 = A * 1.4426950408889634
     bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
@@ -293,7 +453,9 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
     cidx = (pid_b * E + offs_d) * nchunks + pid_c
     if HAS_INIT:
-        R = tl.load(R_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
+        R = tl.load(
+            R_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0
+        )
     else:
         R = tl.zeros((NP, BD), tl.float32)
     dA_acc = tl.zeros((NP, BD), tl.float32)
@@ -311,7 +473,11 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         mtn = mask_n[None, :] & mt
         Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
-        h0 = tl.load(Hsave_ptr + (srow + t0 // T)[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
+        h0 = tl.load(
+            Hsave_ptr + (srow + t0 // T)[None, :] * N + offs_n[:, None],
+            mask=mask_n[:, None],
+            other=0.0,
+        )
         dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
         x = (dl * uu)[:, None, :] * Bt[:, :, None]
         pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
@@ -323,7 +489,11 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             y = tl.sum(hs * Ct[:, :, None], axis=1)
             if HAS_D:
                 y += Dv[None, :] * uu
-            tl.store(dz_ptr + row + t[:, None], dy * y * sz * (1.0 + zz * (1.0 - sz)), mask=mt)
+            tl.store(
+                dz_ptr + row + t[:, None],
+                dy * y * sz * (1.0 + zz * (1.0 - sz)),
+                mask=mt,
+            )
             dy = dy * zz * sz
         dCt = tl.sum(hs * dy[:, None, :], axis=2)
         if ATOMIC:
@@ -331,11 +501,22 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         else:
             tl.store(dC_ptr + prow + t[:, None], dCt, mask=mtn)
         hprev = hs - x
-        dA0 = tl.exp2(A2 * tl.sum(tl.where((offs_t == 0)[:, None], dl, 0.0), axis=0)[None, :])
+        dA0 = tl.exp2(
+            A2 * tl.sum(tl.where((offs_t == 0)[:, None], dl, 0.0), axis=0)[None, :]
+        )
         mnext = ((t + 1 < L) & (offs_t < T - 1))[:, None]
-        _, dl_next = _load_delta(delta_ptr, bias, row + t[:, None] + 1, mnext, HAS_BIAS, SOFTPLUS)
-        pg, bg = tl.associative_scan((tl.exp2(A2[None, :, :] * dl_next[:, None, :]), Ct[:, :, None] * dy[:, None, :]),
-                                     axis=0, combine_fn=_combine_adj, reverse=True)
+        _, dl_next = _load_delta(
+            delta_ptr, bias, row + t[:, None] + 1, mnext, HAS_BIAS, SOFTPLUS
+        )
+        pg, bg = tl.associative_scan(
+            (
+                tl.exp2(A2[None, :, :] * dl_next[:, None, :]),
+                Ct[:, :, None] * dy[:, None, :],
+            ),
+            axis=0,
+            combine_fn=_combine_adj,
+            reverse=True,
+        )
         g = bg + pg * R[None, :, :]
         dBt = tl.sum(g * (dl * uu)[:, None, :], axis=2)
         if ATOMIC:
@@ -346,7 +527,9 @@ def _bwd_chunk_grads(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
         if HAS_D:
             du += Dv[None, :] * dy
             dD_acc += tl.sum(dy * uu, axis=0)
-        ddl = tl.sum(g * (Bt[:, :, None] * uu[:, None, :] + hprev * A[None, :, :]), axis=1)
+        ddl = tl.sum(
+            g * (Bt[:, :, None] * uu[:, None, :] + hprev * A[None, :, :]), axis=1
+        )
         dA_acc += tl.sum(g * hprev * dl[:, None, :], axis=0)
         if SOFTPLUS:
             ddl = tl.where(raw <= 20.0, ddl * _sigmoid(raw), ddl)
