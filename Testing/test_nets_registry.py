@@ -108,6 +108,9 @@ def test_umamba_from_nnunet_plans() -> None:
         "strides": [[1, 1, 1]] + [[2, 2, 2]] * 5, "n_blocks_per_stage": [2] * 6,
         "n_conv_per_stage_decoder": [2] * 5}}}
     assert plans_to_kwargs(old) == plans_to_kwargs(new)
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    assert plans_to_kwargs(ConfigurationManager(dict(new))) == plans_to_kwargs(new)
     ref = json.loads((KEYS / "umambabot_brats128_ds.json").read_text())["keys"]
     with torch.device("meta"):
         from_plans = UMambaBot.from_plans(new, input_channels=4, num_classes=3, deep_supervision=True)
