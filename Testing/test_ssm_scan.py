@@ -191,3 +191,17 @@ def test_torch_backend_on_cuda_matches_reference(dtype):
     assert y.device.type == "cuda" and _rel(y, y_ref) <= tol and _rel(h, h_ref) <= max(tol, 1e-3)
     for k in g:
         assert _rel(g[k], g_ref[k]) <= tol, k
+
+
+@pytest.mark.parametrize("L,groups", [(211, None), (150, 3)])
+def test_hierarchical_chunk_carries(monkeypatch, L, groups):
+    """Many chunks per block: carries go through the recursive two-level path (with padding) both ways."""
+    monkeypatch.setattr(torch_scan, "CHUNK", 2)
+    monkeypatch.setattr(torch_scan, "CARRY_SEQUENTIAL", 2)
+    monkeypatch.setattr(torch_scan, "STEP_ELEMENTS", 1 << 20)
+    t = _inputs(1, 6, L, 3, groups, torch.float32, seed=L)
+    y, h, g = _run("torch", t, True, True)
+    y_ref, h_ref, g_ref = _run("reference", t, True, True)
+    assert _rel(y, y_ref) <= 1e-5 and _rel(h, h_ref) <= 1e-5
+    for k in g:
+        assert _rel(g[k], g_ref[k]) <= 1e-5, k

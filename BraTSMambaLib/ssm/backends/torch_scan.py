@@ -27,7 +27,12 @@ NAME = "torch"
 #: Chunk length: positions covered by one block's Python step loop.
 CHUNK = 32
 #: Target size (elements) of one step's state slice (batch * E * chunks per block * N); sets the block length.
+#: CPU: fits L2. GPUs: large, so that each op fills the device and few ops are launched per sequence
+#: (the backward keeps CHUNK slices of states per block: 2^22 floats x 32 = 512 MB there).
 STEP_ELEMENTS = 1 << 18
+STEP_ELEMENTS_ACCEL = 1 << 22
+#: Chunk carries are propagated sequentially up to this many chunks, hierarchically above.
+CARRY_SEQUENTIAL = 64
 
 
 def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -35,15 +40,16 @@ def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
     return True, "pure PyTorch (chunked two-pass scan), any device"
 
 
-def _block_len(b: int, E: int, N: int, L: int) -> int:
+def _block_len(b: int, E: int, N: int, L: int, device: torch.device | None = None) -> int:
     """Positions per block: CHUNK times the number of chunks whose step slice fits STEP_ELEMENTS."""
-    return max(1, min(L, CHUNK * max(1, STEP_ELEMENTS // max(1, b * E * N))))
+    step = STEP_ELEMENTS if device is None or device.type == "cpu" else STEP_ELEMENTS_ACCEL
+    return max(1, min(L, CHUNK * max(1, step // max(1, b * E * N))))
 
 
-def _segments(b: int, E: int, N: int, L: int) -> list[tuple[int, int, int]]:
+def _segments(b: int, E: int, N: int, L: int, device: torch.device | None = None) -> list[tuple[int, int, int]]:
     """(start, end, chunk) pieces of the sequence: blocks of whole chunks, each block's remainder on its own."""
     out = []
-    blk = _block_len(b, E, N, L)
+    blk = _block_len(b, E, N, L, device)
     for s in range(0, L, blk):
         e = min(s + blk, L)
         c = min(CHUNK, e - s)
@@ -105,6 +111,46 @@ def _try_compiled(name: str, fn, *args):
         warnings.warn(f"{COMPILE_ENV}: torch.compile of the scan failed ({type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200]}); using the eager scan", RuntimeWarning, stacklevel=2)
         return None
+
+
+def _carries(S: torch.Tensor, A5: torch.Tensor, e: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+    """States entering each of m chunks: s_0 = s0, s_{k+1} = exp(S_k A) s_k + e_k.
+
+    S (b, G, m, H) sums of dt per chunk, A5 (1, G, 1, H, N), e (b, G, m, H, N) chunk ends from a zero
+    state, s0 (b, G, H, N). Sequential for few chunks; otherwise the same two-level scheme once more
+    (groups of chunks scanned side by side, group carries by recursion), so the number of Python steps
+    grows like sqrt(m), not m.
+    """
+    b, G, m, H, N = e.shape
+    if m <= CARRY_SEQUENTIAL:
+        whole = torch.exp(S.unsqueeze(-1) * A5)
+        out = torch.empty_like(e)
+        s = s0
+        for k in range(m):
+            out[:, :, k] = s
+            s = torch.addcmul(e[:, :, k], whole[:, :, k], s)
+        return out
+    m2 = math.isqrt(m)
+    m1 = -(-m // m2)
+    pad = m1 * m2 - m
+    if pad:
+        S = torch.cat([S, S.new_zeros(b, G, pad, H)], 2)
+        e = torch.cat([e, e.new_zeros(b, G, pad, H, N)], 2)
+    S6 = S.reshape(b, G, m1, m2, H)
+    e6 = e.reshape(b, G, m1, m2, H, N)
+    A6 = A5.unsqueeze(2)
+    W6 = torch.exp(S6.unsqueeze(-1) * A6)
+    after = torch.empty_like(e6)
+    after[:, :, :, 0] = e6[:, :, :, 0]
+    for j in range(1, m2):
+        torch.addcmul(e6[:, :, :, j], W6[:, :, :, j], after[:, :, :, j - 1], out=after[:, :, :, j])
+    g_in = _carries(S6.sum(3), A5, after[:, :, :, -1].contiguous(), s0)
+    after.addcmul_(torch.exp(S6.cumsum(3).unsqueeze(-1) * A6), g_in.unsqueeze(3))
+    flat = after.reshape(b, G, m1 * m2, H, N)
+    out = torch.empty(b, G, m, H, N, dtype=e.dtype, device=e.device)
+    out[:, :, 0] = s0
+    out[:, :, 1:] = flat[:, :, :m - 1]
+    return out
 
 
 def _dt(delta: torch.Tensor, delta_bias, softplus: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -169,20 +215,14 @@ class _Seg:
             a = torch.empty_like(e)
             for j in range(self.c):                                         # pass 1: zero-state chunk ends
                 e.mul_(self.decay(j, a)).addcmul_(self.du5[:, :, :, j, :, None], self.B5[:, :, :, j, None, :])
-        whole = torch.exp(self.dt5.sum(3).unsqueeze(-1) * self.A5)
-        h0 = torch.empty_like(e)
-        s = h_in.reshape(b, G, H, N)
-        for k in range(m):
-            h0[:, :, k] = s
-            s = torch.addcmul(e[:, :, k], whole[:, :, k], s)
-        return h0
+        return _carries(self.dt5.sum(3), self.A5, e, h_in.reshape(b, G, H, N))
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus):
     b, E, L = u.shape
     N = A.shape[1]
     out = torch.empty_like(u)
-    segs = _segments(b, E, N, L)
+    segs = _segments(b, E, N, L, u.device)
     states = torch.empty(max(1, len(segs)), b, E, N, dtype=torch.float32, device=u.device)
     h = torch.zeros(b, E, N, dtype=torch.float32, device=u.device)
     for i, (s, e, c) in enumerate(segs):
@@ -240,13 +280,8 @@ def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e):
         for j in range(c - 1, -1, -1):
             torch.addcmul(inc, sg.C5[:, :, :, j, None, :], dy5[:, :, :, j, :, None], out=g)
             torch.mul(g, sg.decay(j, a), out=inc)
-        whole = torch.exp(sg.dt5.sum(3).unsqueeze(-1) * sg.A5)
-        carry = torch.empty_like(h0)
-        r = gc.reshape(b, G, H, N)
-        for k in range(m - 1, -1, -1):
-            carry[:, :, k] = r
-            r = torch.addcmul(inc[:, :, k], whole[:, :, k], r)
-        inc = carry
+        # right-to-left carries: the forward recurrence on the chunk axis reversed
+        inc = _carries(sg.dt5.sum(3).flip(2), sg.A5, inc.flip(2), gc.reshape(b, G, H, N)).flip(2)
     else:
         inc = gc.reshape(b, G, 1, H, N).clone()
     # adjoint pass 2 with the true carries, accumulating the gradients step by step
@@ -304,7 +339,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
              "delta_bias": torch.zeros(E, **f32) if delta_bias is not None else None}
     D32 = D.float() if D is not None else None
     gc = dlast.float() if dlast is not None else torch.zeros(b, E, N, **f32)
-    segs = _segments(b, E, N, L)
+    segs = _segments(b, E, N, L, u.device)
     for i in range(len(segs) - 1, -1, -1):
         s, e, c = segs[i]
         sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c)
