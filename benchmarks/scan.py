@@ -65,6 +65,8 @@ class Row:
     fwdbwd_peak_mb: float | None = None
     fwd_ratio: float | None = None
     fwdbwd_ratio: float | None = None
+    fwd_cpu_ms: float | None = None       # CPU devices: process CPU time (all threads), robust to a busy machine
+    fwdbwd_cpu_ms: float | None = None
     error: str | None = None
 
 
@@ -169,13 +171,14 @@ class _PeakRSS:
         self.peak = max(self.peak, self.rss() - self.base)
 
 
-def _measure(fn: Callable[[], None], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(median ms over `repeats` calls after one warm-up call, peak extra MB over all calls).
+def _measure(fn: Callable[[], None], device: torch.device, repeats: int) -> tuple[float, float, float]:
+    """(median wall ms and median process-CPU ms over `repeats` calls after one warm-up call, peak extra
+    MB over all calls).
 
     On CPU the warm-up call counts for memory: afterwards the C allocator reuses the freed blocks and the
     resident size no longer grows. Each CPU measurement runs in a fresh process (see `main`).
     """
-    times, peak = [], 0.0
+    times, cpu, peak = [], [], 0.0
     if device.type == "cuda":
         fn()
     else:
@@ -194,11 +197,12 @@ def _measure(fn: Callable[[], None], device: torch.device, repeats: int) -> tupl
             peak = max(peak, (torch.cuda.max_memory_allocated() - base) / 2 ** 20)
         else:
             with _PeakRSS() as p:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
             peak = max(peak, p.peak / 2 ** 20)
-    return statistics.median(times) * 1e3, peak
+    return statistics.median(times) * 1e3, (statistics.median(cpu) * 1e3 if cpu else None), peak
 
 
 def bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch.device, dtype: torch.dtype,
@@ -215,8 +219,9 @@ def bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch
             with torch.no_grad():
                 cand.fn(**t)
 
-        ms, mb = _measure(fwd, device, repeats)
+        ms, cms, mb = _measure(fwd, device, repeats)
         row.fwd_ms, row.fwd_peak_mb = ms * scale, mb * scale
+        row.fwd_cpu_ms = cms * scale if cms is not None else None
         if backward:
             leaves = {k: (v.detach().requires_grad_() if v.is_floating_point() else v) for k, v in t.items()}
             gy = torch.randn(b, E, L_run, device=device, dtype=dtype)
@@ -225,8 +230,9 @@ def bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch
                 y = cand.fn(**leaves)
                 torch.autograd.grad(y, [v for v in leaves.values() if v.requires_grad], gy)
 
-            ms, mb = _measure(fwdbwd, device, repeats)
+            ms, cms, mb = _measure(fwdbwd, device, repeats)
             row.fwdbwd_ms, row.fwdbwd_peak_mb = ms * scale, mb * scale
+            row.fwdbwd_cpu_ms = cms * scale if cms is not None else None
     except Exception as e:  # one failing candidate (e.g. out of memory) must not hide the others
         row.error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     finally:
@@ -263,7 +269,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def print_table(rows: list[Row], baseline: str) -> None:
     print(f"\n{'stage':>5} {'b':>2} {'E':>4} {'L':>7} {'backend':<10} {'fwd ms':>10} {'fwd+bwd ms':>11} "
-          f"{'fwd MB':>8} {'f+b MB':>8} {f'x {baseline} fwd':>14} {'f+b':>6}")
+          f"{'fwd MB':>8} {'f+b MB':>8} {f'x {baseline} fwd':>14} {'f+b':>6} {'fwd CPU ms':>11} {'f+b CPU ms':>11}")
     for r in rows:
         mark = "~" if r.L_run != r.L else " "
         name = r.backend + (f" (L={r.L_run})" if r.L_run != r.L else "")
@@ -272,9 +278,11 @@ def print_table(rows: list[Row], baseline: str) -> None:
             continue
         print(f"{r.stage:>5} {r.batch:>2} {r.E:>4} {r.L:>7} {name:<10} {mark}{_fmt(r.fwd_ms, '9.2f')} "
               f"{mark}{_fmt(r.fwdbwd_ms, '10.2f')} {_fmt(r.fwd_peak_mb, '8.0f')} {_fmt(r.fwdbwd_peak_mb, '8.0f')} "
-              f"{_fmt(r.fwd_ratio, '14.2f')} {_fmt(r.fwdbwd_ratio, '6.2f')}")
+              f"{_fmt(r.fwd_ratio, '14.2f')} {_fmt(r.fwdbwd_ratio, '6.2f')} {_fmt(r.fwd_cpu_ms, '11.1f')} "
+              f"{_fmt(r.fwdbwd_cpu_ms, '11.1f')}")
     print(f"\n'~': measured at the shorter L shown and scaled linearly to the full L. 'x {baseline}': time of "
-          f"{baseline} / time of the row (> 1 = faster than {baseline}).")
+          f"{baseline} / time of the row (> 1 = faster than {baseline}). CPU ms: process CPU time of all "
+          f"threads (CPU runs only; wall time above it means the machine was busy with other work).")
 
 
 def main(argv: list[str] | None = None) -> int:
