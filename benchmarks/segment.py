@@ -43,12 +43,13 @@ def build_package(name: str, out: Path, patch: tuple[int, int, int]) -> Path:
                         description="random weights, benchmark only", overwrite=True)
 
 
-def time_ours(case, model, out: Path, opts, repeats: int) -> dict:
+def time_ours(case_dir: Path, model, out: Path, opts, repeats: int) -> dict:
+    """Our pipeline from the case folder (so reading is timed too) to the written outputs."""
     from BraTSMambaLib.inference.pipeline import segment_case
 
     runs = []
     for _ in range(repeats):
-        res = segment_case(case, model, out, opts)
+        res = segment_case(case_dir, model, out, opts)
         runs.append(res.report["timings_s"])
     keys = runs[0].keys()
     return {k: statistics.median(r[k] for r in runs) for k in keys}
@@ -89,9 +90,9 @@ def load_input(case_dir: str | None, tmp: Path):
     from BraTSMambaLib.data.phantom import write_phantom
 
     if case_dir:
-        return load_case(case_dir), str(case_dir)
+        return Path(case_dir), load_case(case_dir), str(case_dir)
     folder = write_phantom(tmp / "phantom", seed=0)
-    return load_case(folder), "phantom 240x240x155 (seed 0)"
+    return folder, load_case(folder), "phantom 240x240x155 (seed 0)"
 
 
 def main(argv=None) -> int:
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     if args.fast:
         args.tta, args.overlap = 1, 0.25
     tmp = Path(tempfile.mkdtemp(prefix="brats-bench-"))
-    case, source = load_input(args.case, tmp)
+    case_dir, case, source = load_input(args.case, tmp)
     opts = SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap, overwrite=True,
                           tiles_per_forward=args.tiles_per_forward)
     results = {"input": source, "shape_xyz": list(case.reference.GetSize()), "tta": args.tta,
@@ -131,8 +132,8 @@ def main(argv=None) -> int:
         print(f"[{name}] {dev}, scan backend {backend}, tta {args.tta}, overlap {args.overlap}, "
               f"tiles/forward {model.predictor.tiles_per_forward}, load+verify {model.load_seconds:.2f} s", flush=True)
         for _ in range(args.warmup):
-            time_ours(case, model, tmp / "out", opts, 1)
-        ours = time_ours(case, model, tmp / "out", opts, args.repeats)
+            time_ours(case_dir, model, tmp / "out", opts, 1)
+        ours = time_ours(case_dir, model, tmp / "out", opts, args.repeats)
         entry = {"ours": ours, "load_s": model.load_seconds,
                  "params": sum(p.numel() for p in model.predictor.networks[0].parameters())}
         print(f"  ours : {ours['total_excluding_io']:.3f} s without disk I/O (preprocess {ours['preprocess']:.3f}, "

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     case_path = write_phantom(case_dir, seed=args.seed, overwrite=args.overwrite, **shape)
     model = load_model(pkg, options)
     print(f"demo model {pkg.describe()} on {model.device} (loaded and verified in {model.load_seconds:.1f} s)")
+    model.predictor.progress = True
     result = segment_case(case_path, model, out, options)
     print_case(result.report)
     print(f"outputs in {out}/: " + ", ".join(p.name for p in result.paths.values()))

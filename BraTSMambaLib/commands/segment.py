@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {model.package.describe()} on {model.device}, overlap {model.predictor.overlap}, "
           f"{len(model.predictor.flips)} flip(s), loaded in {model.load_seconds:.1f} s", file=log)
     if not args.batch:
+        model.predictor.progress = not args.no_progress
         result = segment_case(source, model, out, options)
         print(json.dumps(result.report, indent=2)) if args.json else print_case(result.report)
         print(f"wrote {', '.join(str(p) for p in result.paths.values())}", file=log)

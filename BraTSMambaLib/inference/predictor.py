@@ -72,6 +72,7 @@ class SlidingWindowPredictor:
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     tiles_per_forward: int | None = None
     precision: str = "auto"
+    progress: bool = False  # tqdm bar over the tiles (MONAI's), for single cases on slow devices
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -80,6 +81,8 @@ class SlidingWindowPredictor:
         if self.tiles_per_forward is None:
             self.tiles_per_forward = 8 if self.device.type == "cuda" else max(1, len(self.flips) // 2)
         self.dtype = autocast_dtype(self.device, self.precision)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: autotuned convolutions pay off
 
     @property
     def sw_batch_size(self) -> int:
@@ -115,6 +118,6 @@ class SlidingWindowPredictor:
         y = sliding_window_inference(
             x, roi_size=roi, sw_batch_size=self.sw_batch_size, predictor=self._forward, overlap=self.overlap,
             mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
-            sw_device=self.device, device=self.device, progress=False,
+            sw_device=self.device, device=self.device, progress=self.progress,
         )
         return y[0].float()
