@@ -245,9 +245,10 @@ def test_segment_command_single_case_four_files_and_evaluate(package, tmp_path, 
     folder = write_phantom(tmp_path / "in", seed=6, shape_xyz=SHAPE)
     files = {m: str(folder / f"{case.case_id}_{m}.nii.gz") for m in C.MODALITIES}
     args = ["segment", "-o", str(tmp_path / "out"), "--model", str(package), "--device", "cpu", "--fast"]
-    rc = main([*args, *sum(([f"--{m}", f] for m, f in files.items()), [])])
+    rc = main([*args, *sum(([f"--{m}", f] for m, f in files.items()), []), "--evaluate"])
     assert rc == 0
-    assert "without disk I/O" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "without disk I/O" in out and "not evaluated: the case has no label map" in out
     assert (tmp_path / "out" / f"{case.case_id}_seg.nii.gz").is_file()
     args[2] = str(tmp_path / "out_eval")
     assert main([*args, "--case", str(folder), "--evaluate", "--overlay"]) == 0

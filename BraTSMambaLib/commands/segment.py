@@ -48,7 +48,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
     p.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png (three views)")
     p.add_argument("--evaluate", action="store_true",
-                   help="score against the case's own label map (<case>_seg) and add Dice/HD95 to the report")
+                   help="score against the case's own label map (<case>_seg, when present) and add Dice/HD95 "
+                        "to the report")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and redo finished cases)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,7 +87,9 @@ def print_case(report: dict, out=None) -> None:
           f"(preprocess {t.get('preprocess', 0):.1f}, inference {t.get('inference', 0):.1f}, "
           f"postprocess {t.get('postprocess', 0):.1f}; read {t.get('read', 0):.1f}, write {t.get('write', 0):.1f})",
           file=out)
-    if "evaluation" in report:
+    if "evaluation" in report and report["evaluation"] is None:
+        print("  not evaluated: the case has no label map (<case>_seg)", file=out)
+    elif "evaluation" in report:
         ev = report["evaluation"]
         print("  Dice " + ", ".join(f"{r} {ev[r]['dice']:.3f}" for r in ev) + " | HD95 "
               + ", ".join(f"{r} {ev[r]['hd95']:.1f} mm" for r in ev), file=out)

@@ -137,11 +137,9 @@ def segment_case(
     t_start = time.perf_counter()
     with timer("read"):
         if not isinstance(case, BraTSCase):
-            case = load_case(case, require_seg=options.evaluate)
+            case = load_case(case)
     paths = O.output_paths(out_dir, case.case_id, probabilities=options.save_probabilities, overlay=options.overlay)
     O.check_targets(paths, options.overwrite)
-    if options.evaluate and case.seg is None:
-        raise BraTSInputError(f"case {case.case_id}: --evaluate needs its label map (<case>_seg.nii.gz)")
     prob, _ = predict_case(case, model, options, timer)
     with timer("postprocess"):
         labels = P.label_map(P.region_masks(prob), options.labels)
@@ -152,9 +150,9 @@ def segment_case(
             "label_convention": C.label_convention(options.labels).name,
             **P.volumes_ml(regions, labels, spacing, options.labels),
         }
-    if options.evaluate:
+    if options.evaluate:  # against the case's own label map when it has one
         with timer("evaluate"):
-            report["evaluation"] = evaluate(labels, case, options.labels)
+            report["evaluation"] = evaluate(labels, case, options.labels) if case.seg is not None else None
     report.update(
         model={"name": model.package.name, "network": model.package.network_name,
                "folds": len(model.package.weight_files), "source": str(model.package.source)},
