@@ -84,30 +84,35 @@ def plot_progress(records: Iterable[Mapping[str, Any]], out: str | os.PathLike, 
     def col(key):
         return [float("nan") if r.get(key) is None else r[key] for r in recs]
 
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-    ax = axes[0]
-    ax.plot(ep, col("train_loss"), label="train loss", color="tab:blue")
-    ax.plot(ep, col("val_loss"), label="validation loss", color="tab:red")
-    ax.set_ylabel("loss (Dice + BCE)")
-    ax.legend(loc="upper right")
-    ax.set_title(title or "training progress")
-    ax = axes[1]
-    for r in C.REGIONS:
-        ax.plot(ep, col(f"dice_{r}"), label=f"pseudo-Dice {r}", color=C.REGION_COLORS[r])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("pseudo-Dice (validation patches)")
-    ax.legend(loc="lower right")
-    ax = axes[2]
-    ax.plot(ep, col("epoch_s"), label="epoch time [s]", color="tab:gray")
-    ax.set_ylabel("epoch time [s]")
-    ax.set_xlabel("epoch")
-    ax2 = ax.twinx()
-    ax2.plot(ep, col("lr"), label="learning rate", color="tab:green")
-    ax2.set_ylabel("learning rate")
-    fig.tight_layout()
+    # nnU-Net's own plot sets a global seaborn style (font scale 2.5); draw ours in matplotlib's defaults
+    with matplotlib.style.context("default"):
+        fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+        ax = axes[0]
+        ax.plot(ep, col("train_loss"), label="train loss", color="tab:blue")
+        ax.plot(ep, col("val_loss"), label="validation loss", color="tab:red")
+        ax.set_ylabel("loss (Dice + BCE)")
+        ax.legend(loc="upper right")
+        ax.set_title(title or "training progress")
+        ax.grid(alpha=0.3)
+        ax = axes[1]
+        for r in C.REGIONS:
+            ax.plot(ep, col(f"dice_{r}"), label=f"pseudo-Dice {r}", color=C.REGION_COLORS[r])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("pseudo-Dice (validation patches)")
+        ax.legend(loc="lower right")
+        ax.grid(alpha=0.3)
+        ax = axes[2]
+        ax.plot(ep, col("epoch_s"), label="epoch time", color="tab:gray")
+        ax.set_ylabel("epoch time [s]")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax2 = ax.twinx()
+        ax2.plot(ep, col("lr"), label="learning rate", color="tab:green")
+        ax2.set_ylabel("learning rate", color="tab:green")
+        fig.tight_layout()
     out = Path(out)
     with atomic_path(out, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+        fig.savefig(tmp, dpi=72, format="png")
     plt.close(fig)
     return out
 
