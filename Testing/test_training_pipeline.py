@@ -45,7 +45,7 @@ def nn_env(tmp_path_factory) -> dict:
     broken = write_phantom(src / "broken", seed=7, shape_xyz=SHAPE_XYZ)
     next(broken.glob("*_seg.nii.gz")).unlink()
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="0", OMP_NUM_THREADS="1")
+               nnUNet_results=str(root / "results"), OMP_NUM_THREADS="1")
     conv = _cli("convert", str(src), "-o", str(root / "raw"), "--id", str(DATASET_ID), "--name", "Phantom",
                 "--jobs", "1", "--json", env=env, check=False)
     assert conv.returncode == 1, conv.stderr  # one case rejected
@@ -100,7 +100,7 @@ def _train(nn_env, model: str, *extra: str, check: bool = True) -> subprocess.Co
     tag = TINY[model][0]
     return _cli("train", str(DATASET_ID), "--model", model, "--fold", "0", "--plans", f"nnUNetPlans_{tag}",
                 "--epochs", str(EPOCHS), "--iters", str(ITERS), "--val-iters", "2", "--device", "cpu",
-                "--no-validation", "--lr", "3e-3", *extra, env=nn_env["env"], check=check)
+                "--no-validation", "--da-processes", "0", "--lr", "3e-3", *extra, env=nn_env["env"], check=check)
 
 
 def _run_dir(nn_env, model: str) -> Path:
@@ -159,7 +159,7 @@ def test_resume_after_kill_loses_at_most_one_epoch(nn_env, trained):
     env["nnUNet_results"] = str(results)
     cmd = [sys.executable, "-m", "BraTSMambaLib.cli", "train", str(DATASET_ID), "--model", "umambabot",
            "--plans", "nnUNetPlans_tinybot", "--epochs", str(epochs), "--iters", str(ITERS), "--val-iters", "1",
-           "--device", "cpu", "--no-validation"]
+           "--device", "cpu", "--no-validation", "--da-processes", "0"]
     fold = results / run.parent.name / run.name / "fold_0"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
