@@ -153,12 +153,14 @@ def _carries(S: torch.Tensor, A5: torch.Tensor, e: torch.Tensor, s0: torch.Tenso
     return out
 
 
-def _dt(delta: torch.Tensor, delta_bias, softplus: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _dt(delta: torch.Tensor, delta_bias, softplus: bool, need_sigmoid: bool
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """dt = softplus(delta + bias) (or delta + bias) in float32, and softplus' = sigmoid for the backward."""
     dt = delta.float()
     if delta_bias is not None:
         dt = dt + delta_bias.float().unsqueeze(-1)
     if softplus:
-        return F.softplus(dt), torch.sigmoid(dt)
+        return F.softplus(dt), (torch.sigmoid(dt) if need_sigmoid else None)
     return dt, None
 
 
@@ -184,13 +186,13 @@ def _groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 class _Seg:
-    """One segment's inputs in step layout: dt5, du5 (= dt*u), u5 (b, G, m, c, H); B5, C5 (b, G, m, c, N)."""
+    """One segment's inputs in step layout: dt5, du5 (= dt*u) (b, G, m, c, H); B5, C5 (b, G, m, c, N)."""
 
-    def __init__(self, u, delta, B, C, delta_bias, softplus, A, s, e, c):
+    def __init__(self, u, delta, B, C, delta_bias, softplus, A, s, e, c, backward=False):
         b, E, _ = u.shape
         Bs, Cs, G = _groups(B[..., s:e], C[..., s:e])
         self.G, self.H, self.N, self.m, self.c = G, E // G, A.shape[1], (e - s) // c, c
-        dt, self.sig = _dt(delta[..., s:e], delta_bias, softplus)
+        dt, self.sig = _dt(delta[..., s:e], delta_bias, softplus, backward)
         self.u32 = u[..., s:e].float()
         self.dt = dt
         self.dt5 = _layout(dt, G, self.m, c)
@@ -342,7 +344,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
     segs = _segments(b, E, N, L, u.device)
     for i in range(len(segs) - 1, -1, -1):
         s, e, c = segs[i]
-        sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c)
+        sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c, backward=True)
         gc = _segment_backward(sg, states[i], dout, z, D32, gc, grads, s, e)
     grads["B"] = _fold_groups(grads["B"], B.shape[1])
     grads["C"] = _fold_groups(grads["C"], C.shape[1])
