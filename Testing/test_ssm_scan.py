@@ -157,6 +157,7 @@ def test_cpu_thread_parts_match_single_thread():
         torch.set_num_threads(n)
     for (y1, h1, g1), (y2, h2, g2) in zip(*outs):
         torch.testing.assert_close(y1, y2, rtol=1e-6, atol=1e-6)   # block lengths differ: rounding only
+        torch.testing.assert_close(h1, h2, rtol=1e-6, atol=1e-6)
         for k in g1:
             torch.testing.assert_close(g1[k], g2[k], rtol=1e-6, atol=1e-6)
 
