@@ -119,7 +119,10 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
         self.initial_lr = _env("LR", float, self.DEFAULT_LR)
         self.adam_eps = _env("ADAM_EPS", float, self.DEFAULT_ADAM_EPS)
         self.weight_decay = _env("WEIGHT_DECAY", float, self.DEFAULT_WEIGHT_DECAY)
-        self.enable_deep_supervision = _env("DEEP_SUPERVISION", _flag, True)
+        from BraTSMambaLib import nets
+
+        self.model_has_ds_heads = nets.get_spec(self.MODEL).supports_deep_supervision if self.MODEL else True
+        self.enable_deep_supervision = _env("DEEP_SUPERVISION", _flag, self.model_has_ds_heads)
         self.time_budget_s = _env("TIME_BUDGET_S", float, 0.0)
         self.save_every = _env("SAVE_EVERY", int, 1)
         self.amp_dtype = self._pick_amp_dtype()
@@ -145,6 +148,8 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
     def set_deep_supervision_enabled(self, enabled: bool):
         from BraTSMambaLib import nets
 
+        if not enabled and not self.model_has_ds_heads:
+            return  # e.g. SwinUNETR: one output always
         nets.set_deep_supervision(_unwrap(self.network), enabled)
 
     def _get_deep_supervision_scales(self):
@@ -312,12 +317,3 @@ def _f(v) -> float | None:
         return None
     v = float(np.asarray(v))
     return v if np.isfinite(v) else None
-
-
-def describe_settings(trainer: nnUNetTrainerBraTSMamba) -> Mapping[str, Any]:
-    """The effective study settings of a trainer (for logs and model cards)."""
-    return {"model": trainer.MODEL, "lr": trainer.initial_lr, "adam_eps": trainer.adam_eps,
-            "weight_decay": trainer.weight_decay, "epochs": trainer.num_epochs,
-            "iterations_per_epoch": trainer.num_iterations_per_epoch,
-            "deep_supervision": trainer.enable_deep_supervision,
-            "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "fp32"}
