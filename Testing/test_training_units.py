@@ -112,3 +112,16 @@ def test_convert_refuses_a_folder_without_cases(tmp_path):
         dataset_name(1000)
     assert dataset_name(5, "BraTS21") == "Dataset005_BraTS21"
     assert C.NNUNET_REGIONS["TC"] == (2, 3)
+
+
+def test_convert_rejects_a_second_folder_with_the_same_case_id(tmp_path):
+    from BraTSMambaLib.data.phantom import write_phantom
+    from BraTSMambaLib.training.convert import convert_dataset
+
+    write_phantom(tmp_path / "cases" / "a", seed=0, shape_xyz=(32, 32, 24))
+    write_phantom(tmp_path / "cases" / "b", seed=0, shape_xyz=(32, 32, 24))
+    res = convert_dataset(tmp_path / "cases", tmp_path / "raw", 992, jobs=1, progress=False)
+    assert res.converted == ["BraTSPhantom_s0"]
+    (folder, reason), = res.rejected.items()
+    assert folder.endswith("b") and "also comes from" in reason
+    assert len(list((res.dataset_dir / "imagesTr").iterdir())) == 4

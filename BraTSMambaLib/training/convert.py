@@ -46,7 +46,7 @@ def dataset_name(dataset_id: int, name: str = "BraTS") -> str:
     """nnU-Net's `DatasetNNN_<name>` folder name; BraTSInputError for an id outside 1..999."""
     if not 1 <= int(dataset_id) <= 999:
         raise BraTSInputError(f"--id {dataset_id}: nnU-Net dataset ids are 1..999")
-    if not name or any(c in name for c in " /\\") :
+    if not name or any(c in name for c in " /\\"):
         raise BraTSInputError(f"--name {name!r}: use letters, digits, '-' or '_'")
     return f"Dataset{int(dataset_id):03d}_{name}"
 
@@ -62,8 +62,6 @@ def region_dataset_json(num_training: int) -> dict[str, Any]:
 
 def _convert_case(folder: str, images_dir: str, labels_dir: str) -> tuple[str, str | None, str | None]:
     """Validate one case and write it; (folder, case_id or None, reason or None). Runs in a worker."""
-    import SimpleITK as sitk
-
     from BraTSMambaLib.data import io
     from BraTSMambaLib.data.case import load_case
 
@@ -84,8 +82,6 @@ def _convert_case(folder: str, images_dir: str, labels_dir: str) -> tuple[str, s
         return folder, None, str(e)
     except (RuntimeError, OSError) as e:
         return folder, None, f"{type(e).__name__}: {e}"
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(0)
 
 
 def convert_dataset(src: PathLike | Sequence[PathLike], out_raw: PathLike, dataset_id: int, name: str = "BraTS",
@@ -115,8 +111,20 @@ def convert_dataset(src: PathLike | Sequence[PathLike], out_raw: PathLike, datas
         images.mkdir()
         labels.mkdir()
         result = ConversionResult(target, dname)
-        jobs = max(1, min(jobs or (os.cpu_count() or 1), len(folders)))
-        args = [(str(f), str(images), str(labels)) for f in folders]
+        # two folders naming the same case would write the same files: keep the first, reject the rest
+        from BraTSMambaLib.data.case import scan_folder
+
+        first: dict[str, Path] = {}
+        unique = []
+        for f in folders:
+            cid = scan_folder(f).case_id
+            if cid is not None and cid in first:
+                result.rejected[str(f)] = f"case id {cid} also comes from {first[cid]}"
+            else:
+                first.setdefault(cid, f)
+                unique.append(f)
+        jobs = max(1, min(jobs or (os.cpu_count() or 1), len(unique)))
+        args = [(str(f), str(images), str(labels)) for f in unique]
         bar = tqdm(total=len(args), desc="convert", unit="case", disable=not progress)
         if jobs == 1:
             outcomes = (_convert_case(*a) for a in args)
@@ -124,18 +132,12 @@ def convert_dataset(src: PathLike | Sequence[PathLike], out_raw: PathLike, datas
         else:
             pool = ProcessPoolExecutor(jobs)
             outcomes = pool.map(_convert_case, *zip(*args))
-        seen: dict[str, str] = {}
         try:
             for folder, case_id, reason in outcomes:
                 bar.update()
-                if reason is None and case_id in seen:
-                    reason = f"case id {case_id} also comes from {seen[case_id]}"
-                    for p in (*images.glob(f"{case_id}_000?.nii.gz"), labels / f"{case_id}.nii.gz"):
-                        p.unlink(missing_ok=True)
                 if reason is not None:
                     result.rejected[folder] = reason
                 else:
-                    seen[case_id] = folder
                     result.converted.append(case_id)
         finally:
             bar.close()
