@@ -325,3 +325,18 @@ def test_real_case_cpu_fast(model, brats2018_cases, tmp_path):
     same_geometry(sitk.ReadImage(str(res.paths["seg"])), ref)
     assert set(res.report["evaluation"]) == set(C.REGIONS)
     assert os.path.getsize(res.paths["nrrd"]) > 0
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_matches_cpu_fp32(package, tmp_path):
+    """The CUDA path (bf16 autocast, batched tiles x flips) agrees with the CPU fp32 path."""
+    case = make_phantom(13, SHAPE)
+    from BraTSMambaLib.inference.pipeline import predict_case
+
+    cpu = load_model(package, SegmentOptions(device="cpu", tta=8, overlap=0.5))
+    gpu = load_model(package, SegmentOptions(device="cuda", tta=8, overlap=0.5))
+    assert gpu.predictor.dtype in (torch.bfloat16, torch.float16) and gpu.predictor.sw_batch_size == 1
+    p_cpu, _ = predict_case(case, cpu, SegmentOptions(device="cpu"))
+    p_gpu, _ = predict_case(case, gpu, SegmentOptions(device="cuda"))
+    assert np.abs(p_cpu - p_gpu).max() < 0.05
+    assert (np.mean((p_cpu > 0.5) == (p_gpu > 0.5))) > 0.99
