@@ -280,9 +280,21 @@ def test_batch_resumes_and_continues_past_broken_case(package, tmp_path, capsys)
     assert not list(out.glob(f"{ids[1]}*")) and not list(out.glob(".*"))
     broken.write_bytes(good_flair)
     mtime = (out / f"{ids[0]}_seg.nii.gz").stat().st_mtime_ns
-    assert main(args) == 0
-    assert "1 segmented, 2 already complete, 0 failed" in capsys.readouterr().out
+    assert main([*args, "--progress-json"]) == 0
+    stdout = capsys.readouterr().out
+    assert "1 segmented, 2 already complete, 0 failed" in stdout
     assert (out / f"{ids[0]}_seg.nii.gz").stat().st_mtime_ns == mtime
+    # progress per case, inside each case's share of the bar, ending at 1.0
+    from BraTSMambaLib.progress import parse_progress
+
+    reported = [p for p in map(parse_progress, stdout.splitlines()) if p is not None]
+    fractions = [p.fraction for p in reported]
+    assert fractions == sorted(fractions) and reported[-1].stage == "done" and fractions[-1] == 1.0
+    ends = [p.message for p in reported if p.stage == "write" and not p.message.endswith("files")]
+    assert ends == [f"case 1/3 {ids[0]}: skipped, outputs complete", f"case 2/3 {ids[1]}: segmented",
+                    f"case 3/3 {ids[2]}: skipped, outputs complete"]
+    assert {p.stage for p in reported if p.message.startswith(f"case 2/3 {ids[1]}")} == {
+        "load", "preprocess", "inference", "postprocess", "write"}
 
 
 def test_batch_split_across_torchrun_ranks(model, tmp_path, monkeypatch):

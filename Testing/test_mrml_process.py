@@ -105,3 +105,23 @@ def test_stage_lines_move_progress_when_no_json(tmp_path):
     proc.start()
     assert proc.wait(timeout=60) == 0
     assert proc.progress.stage == "inference" and proc.progress.fraction == STAGES["inference"][0]
+
+
+def test_json_lines_take_over_from_stage_lines(tmp_path):
+    """Once a command prints JSON progress, log lines no longer move the bar (it would jump ahead)."""
+    argv = _script(tmp_path, f"""
+        print({format_progress('load', 0.05)!r}, flush=True)
+        print("model tiny on cpu, loaded in 0.1 s", flush=True)
+        import time; time.sleep(0.5)
+        print({format_progress('preprocess', 0.15)!r}, flush=True)
+    """)
+    proc = BackgroundProcess(argv, stage_patterns=((r"^model .* loaded in", "inference"),))
+    proc.start()
+    seen = []
+    while not proc.finished:
+        proc.poll()
+        seen.append(proc.progress.fraction)
+        time.sleep(0.01)
+    proc.poll()
+    assert proc.progress == Progress("preprocess", 0.15, "")
+    assert seen == sorted(seen) and max(seen) <= 0.15

@@ -156,6 +156,40 @@ def test_background_job_loads_results_in_one_step(oblique_phantom, tiny_package,
     assert scene.GetNumberOfNodes() == count and again.table is job.table and again.labelmap_node is job.labelmap_node
 
 
+def test_job_progress_follows_the_cli_json_lines(oblique_phantom, tiny_package):
+    """The CLI (BRATSMAMBA_PROGRESS=json, set by the job) reports every stage in order with
+    non-decreasing fractions ending at 1.0, and the job's bar moves through the tiles."""
+    import shutil
+    import time
+
+    from BraTSMambaLib.progress import PROGRESS_PREFIX, STAGES, parse_progress
+
+    scene = mrml.new_scene()
+    nodes = {m: mrml.load_volume(scene, p) for m, p in oblique_phantom.items()}
+    job = SegmentJob(scene, nodes, model=str(tiny_package), device="cpu", fast=True, keep_files=True)
+    job.start()
+    try:
+        seen = []
+        while not job.poll():
+            seen.append(job.progress.fraction)
+            time.sleep(0.01)
+        assert job.error is None, job.error
+        log = (job.workdir / "process.log").read_text().splitlines()
+    finally:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+    reported = [parse_progress(ln) for ln in log if PROGRESS_PREFIX in ln]
+    stages = [p.stage for p in reported]
+    assert [s for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]] == [s for s in STAGES if s != "start"]
+    fractions = [p.fraction for p in reported]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    tiles = [p for p in reported if p.stage == "inference" and p.message.startswith("tile ")]
+    assert len(tiles) >= 2 and tiles[-1].message.split()[1].split("/")[0] == tiles[-1].message.split("/")[1]
+    assert all(0.25 < p.fraction <= 0.85 for p in tiles)
+    assert not any(PROGRESS_PREFIX in ln for ln in job.process.lines)  # kept out of the log shown to users
+    assert seen == sorted(seen) and any(0.25 < f < 0.85 for f in seen)  # the bar moved during inference
+    assert job.progress.stage == "done" and job.progress.fraction == 1.0
+
+
 def test_failed_job_shows_the_log_and_changes_nothing(oblique_phantom, tmp_path):
     scene = mrml.new_scene()
     nodes = {m: mrml.load_volume(scene, p) for m, p in oblique_phantom.items()}

@@ -21,6 +21,11 @@ optionally <case>_probabilities.nii.gz and <case>_overlay.png.
 nnU-Net v2 results folder (plans.json, dataset.json, fold_*/checkpoint_final.pth). Default: the
 bundled demo model.
 
+Progress: tqdm bars on stderr; with --progress-json (or the environment variable
+BRATSMAMBA_PROGRESS=json, which the 3D Slicer module sets) one flushed line per step instead,
+`@@brats-mamba-progress {"stage": ..., "fraction": 0..1, "message": ...}`, stages load, preprocess,
+inference (per sliding-window pass), postprocess, write, done (format: BraTSMambaLib.progress).
+
 Batch mode skips cases whose outputs are complete, continues past broken cases and lists them at the
 end (exit status 1 if any failed). Several GPUs: `torchrun --nproc_per_node=N -m BraTSMambaLib.cli
 segment --batch DIR -o OUT` gives each rank every N-th case.
@@ -53,6 +58,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and redo finished cases)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress-json", action="store_true",
+                   help="machine-readable progress lines instead of bars (also: BRATSMAMBA_PROGRESS=json); "
+                        "on stdout, on stderr with --json")
 
 
 def options_from(args: argparse.Namespace):
@@ -98,6 +106,7 @@ def print_case(report: dict, out=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from BraTSMambaLib.inference.pipeline import load_model, rank_and_world, segment_batch, segment_case
     from BraTSMambaLib.inference.outputs import output_paths, check_targets
+    from BraTSMambaLib.progress import JsonLinesReporter, json_progress_requested, stage_fraction
 
     source = _input(args)
     options = options_from(args)
@@ -108,17 +117,23 @@ def run(args: argparse.Namespace) -> int:
         case_id, _, _ = find_case_files(source)
         check_targets(output_paths(out, case_id, probabilities=options.save_probabilities,
                                    overlay=options.overlay), options.overwrite)
-    model = load_model(args.model, options)
     log = sys.stderr if args.json else sys.stdout
+    report = JsonLinesReporter(log) if (args.progress_json or json_progress_requested()) else None
+    bars = not args.no_progress and report is None
+    if report:
+        report("load", stage_fraction("load"), f"loading model {args.model or 'demo'}")
+    model = load_model(args.model, options)
     print(f"model {model.package.describe()} on {model.device}, overlap {model.predictor.overlap}, "
           f"{len(model.predictor.flips)} flip(s), loaded in {model.load_seconds:.1f} s", file=log)
     if not args.batch:
-        model.predictor.progress = not args.no_progress
-        result = segment_case(source, model, out, options)
+        model.predictor.progress = bars
+        result = segment_case(source, model, out, options, on_progress=report)
         print(json.dumps(result.report, indent=2)) if args.json else print_case(result.report)
         print(f"wrote {', '.join(str(p) for p in result.paths.values())}", file=log)
+        if report:
+            report("done", 1.0, result.case_id)
         return 0
-    res = segment_batch(args.batch, model, out, options, progress=not args.no_progress)
+    res = segment_batch(args.batch, model, out, options, progress=bars, on_progress=report)
     rank, world = rank_and_world()
     who = f"rank {rank}/{world}: " if world > 1 else ""
     summary = {"done": res.done, "skipped": res.skipped, "failed": res.failed}

@@ -20,6 +20,7 @@ from BraTSMambaLib.inference import outputs as O
 from BraTSMambaLib.inference import postprocessing as P
 from BraTSMambaLib.inference.package import ModelPackage
 from BraTSMambaLib.inference.predictor import SlidingWindowPredictor, resolve_device
+from BraTSMambaLib.progress import ProgressCallback, stage_fraction, within
 
 FAST_OVERLAP = 0.25
 
@@ -107,17 +108,29 @@ class CaseResult:
     probabilities: np.ndarray | None = field(repr=False, default=None)
 
 
-def predict_case(case, model: LoadedModel, options: SegmentOptions, timer: _Timer | None = None) -> tuple:
-    """(probabilities (3, z, y, x) on the input grid, timings) for a loaded BraTSCase, nothing written."""
+def predict_case(case, model: LoadedModel, options: SegmentOptions, timer: _Timer | None = None,
+                 on_progress: ProgressCallback | None = None) -> tuple:
+    """(probabilities (3, z, y, x) on the input grid, timings) for a loaded BraTSCase, nothing written.
+
+    `on_progress` hears the preprocess, inference (after every forward pass) and postprocess stages.
+    """
     from BraTSMambaLib.inference.preprocessing import preprocess, restore
 
+    tell = on_progress or (lambda stage, fraction, message="": None)
     timer = timer or _Timer(_sync_for(model.device))
     pm, cm, dj = model.plans
+    tell("preprocess", stage_fraction("preprocess"), f"{case.case_id}: resampling and normalising")
     with timer("preprocess"):
         spacing_zyx = tuple(reversed(case.reference.GetSpacing()))
         data, props = preprocess(case.array(), spacing_zyx, pm, cm, dj)
+    tell("inference", stage_fraction("inference"), f"{case.case_id}: sliding window")
+
+    def on_tiles(done: int, total: int) -> None:
+        tell("inference", stage_fraction("inference", done / total), f"tile {done}/{total}")
+
     with timer("inference"):
-        prob = model.predictor.predict(data)
+        prob = model.predictor.predict(data, on_tiles=on_tiles if on_progress is not None else None)
+    tell("postprocess", stage_fraction("postprocess"), f"{case.case_id}: restoring the input geometry")
     with timer("postprocess"):
         full = restore(prob, props, pm, cm, dj)
     return full, timer.times
@@ -125,22 +138,26 @@ def predict_case(case, model: LoadedModel, options: SegmentOptions, timer: _Time
 
 def segment_case(
     case: Any, model: LoadedModel, out_dir: str | os.PathLike, options: SegmentOptions,
+    on_progress: ProgressCallback | None = None,
 ) -> CaseResult:
     """Segment one case (folder, {modality: path} or BraTSCase) and write its outputs into `out_dir`.
 
     Existing outputs are refused before any work unless `options.overwrite`; if writing fails half way
-    the files written by this call are removed again.
+    the files written by this call are removed again. `on_progress` hears every stage from reading the
+    images to writing the outputs; "done" is left to the caller, who knows when the whole job ends.
     """
     from BraTSMambaLib.data.case import BraTSCase, load_case
 
+    tell = on_progress or (lambda stage, fraction, message="": None)
     timer = _Timer(_sync_for(model.device))
     t_start = time.perf_counter()
+    tell("load", stage_fraction("load", 0.5), "reading the images")
     with timer("read"):
         if not isinstance(case, BraTSCase):
             case = load_case(case)
     paths = O.output_paths(out_dir, case.case_id, probabilities=options.save_probabilities, overlay=options.overlay)
     O.check_targets(paths, options.overwrite)
-    prob, _ = predict_case(case, model, options, timer)
+    prob, _ = predict_case(case, model, options, timer, on_progress)
     with timer("postprocess"):
         labels = P.label_map(P.region_masks(prob), options.labels)
         regions = P.consistent_regions(labels, options.labels)
@@ -163,6 +180,7 @@ def segment_case(
         inputs={k: str(p) for k, p in case.paths.items()},
     )
     written: list[Path] = []
+    tell("write", stage_fraction("write"), f"{case.case_id}: writing {len(paths)} files")
     try:
         with timer("write"):
             ref = case.reference
@@ -233,11 +251,13 @@ class BatchResult:
 
 def segment_batch(
     root: str | os.PathLike, model: LoadedModel, out_dir: str | os.PathLike, options: SegmentOptions,
-    *, progress: bool = True, log: Callable[[str], None] = print,
+    *, progress: bool = True, log: Callable[[str], None] = print, on_progress: ProgressCallback | None = None,
 ) -> BatchResult:
     """Segment every case folder below `root`; skip complete ones, continue past failures.
 
     Under torchrun (RANK/WORLD_SIZE) each rank takes every WORLD_SIZE-th case of the sorted list.
+    `on_progress` hears each case's stages inside its share of the bar after the model load (messages
+    start with "case i/n <id>:"), a "write" line as each case ends, and "done" at the end.
     """
     from tqdm import tqdm
 
@@ -249,24 +269,37 @@ def segment_batch(
     rank, world = rank_and_world()
     mine = folders[rank::world]
     result = BatchResult()
+    start = stage_fraction("load")
+    share = (1.0 - start) / max(1, len(mine))
     bar = tqdm(mine, desc=f"segment{f' [rank {rank}/{world}]' if world > 1 else ''}", unit="case",
                disable=not progress)
-    for folder in bar:
+    for i, folder in enumerate(bar):
         scan = scan_folder(folder)
         case_id = scan.case_id or folder.name
         bar.set_postfix_str(case_id)
+        prefix = f"case {i + 1}/{len(mine)} {case_id}: "
+        case_progress = within(on_progress, start + i * share, start + (i + 1) * share, prefix)
         if not options.overwrite and scan.case_id and is_complete(out_dir, case_id, options):
             result.skipped.append(case_id)
-            continue
-        try:
-            segment_case(folder, model, out_dir, options)
-            result.done.append(case_id)
-        except BraTSInputError as e:
-            result.failed[case_id] = str(e)
-        except Exception as e:  # a broken case must not stop the batch
-            result.failed[case_id] = f"{type(e).__name__}: {e}"
-            if os.environ.get("BRATSMAMBA_DEBUG"):
-                traceback.print_exc()
+            outcome = "skipped, outputs complete"
+        else:
+            try:
+                segment_case(folder, model, out_dir, options, on_progress=case_progress)
+                result.done.append(case_id)
+                outcome = "segmented"
+            except BraTSInputError as e:
+                result.failed[case_id] = str(e)
+                outcome = "failed"
+            except Exception as e:  # a broken case must not stop the batch
+                result.failed[case_id] = f"{type(e).__name__}: {e}"
+                outcome = "failed"
+                if os.environ.get("BRATSMAMBA_DEBUG"):
+                    traceback.print_exc()
+        if case_progress is not None:
+            case_progress("write", 1.0, outcome)
+    if on_progress is not None:
+        on_progress("done", 1.0, f"{len(result.done)} segmented, {len(result.skipped)} already complete, "
+                                 f"{len(result.failed)} failed")
     return result
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "fp16":
         return torch.float16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def tile_count(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> int:
+    """Sliding-window tiles MONAI visits for a volume of spatial `shape` (padded up to the patch)."""
+    from monai.data.utils import dense_patch_slices
+
+    size = tuple(max(int(s), int(p)) for s, p in zip(shape, patch_size))
+    interval = tuple(p if p == s else max(1, int(p * (1 - overlap))) for s, p in zip(size, patch_size))
+    return len(dense_patch_slices(size, tuple(int(p) for p in patch_size), interval))
 
 
 @dataclass
@@ -109,14 +118,29 @@ class SlidingWindowPredictor:
         return total / (len(self.flips) * len(self.networks))
 
     @torch.inference_mode()
-    def predict(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(3, z, y, x) float32 region probabilities, on the predictor's device."""
+    def predict(self, data: np.ndarray | torch.Tensor,
+                on_tiles: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """(3, z, y, x) float32 region probabilities, on the predictor's device.
+
+        `on_tiles(done, total)` is called after every forward pass (for progress reporting).
+        """
         from monai.inferers import sliding_window_inference
 
         x = torch.as_tensor(data, dtype=torch.float32)[None].to(self.device, non_blocking=True)
         roi = tuple(int(p) for p in self.patch_size)
+        forward = self._forward
+        if on_tiles is not None:
+            total, done = tile_count(x.shape[2:], roi, self.overlap), 0
+
+            def forward(tiles: torch.Tensor) -> torch.Tensor:
+                nonlocal done
+                out = self._forward(tiles)
+                done += tiles.shape[0]
+                on_tiles(min(done, total), total)
+                return out
+
         y = sliding_window_inference(
-            x, roi_size=roi, sw_batch_size=self.sw_batch_size, predictor=self._forward, overlap=self.overlap,
+            x, roi_size=roi, sw_batch_size=self.sw_batch_size, predictor=forward, overlap=self.overlap,
             mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
             sw_device=self.device, device=self.device, progress=self.progress,
         )

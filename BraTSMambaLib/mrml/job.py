@@ -27,9 +27,7 @@ from BraTSMambaLib.mrml.case import case_from_volume_nodes
 from BraTSMambaLib.mrml.pipeline import read_seg_nrrd_masks
 from BraTSMambaLib.mrml.process import STAGES, BackgroundProcess, Progress
 from BraTSMambaLib.mrml.segmentation import labelmap_from_prediction, segmentation_from_prediction, volumes_table
-
-#: Environment variable asking the CLI for machine-readable progress lines (see mrml.process).
-PROGRESS_ENV = "BRATSMAMBA_PROGRESS"
+from BraTSMambaLib.progress import PROGRESS_ENV
 
 #: Lines `brats-mamba segment` prints anyway, used as stage marks when it prints no JSON progress.
 CLI_STAGE_LINES: tuple[tuple[str, str], ...] = (

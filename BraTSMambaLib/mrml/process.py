@@ -5,13 +5,12 @@ poll it in a loop. Progress travels as machine-readable lines on the command's s
 
     @@brats-mamba-progress {"stage": "inference", "fraction": 0.42, "message": "tile 12/28"}
 
-`stage` is one of STAGES, `fraction` the overall fraction done (0..1). The CLI prints these with
-`--progress-json` (`format_progress` makes them); tqdm bars ("45%|###") refine the current stage
-when a command prints no JSON lines.
+The format, STAGES and the parser live in `BraTSMambaLib.progress` (shared with the CLI, which
+prints these lines under `BRATSMAMBA_PROGRESS=json`); they are re-exported here. For commands that
+print no JSON lines, tqdm bars ("45%|###") refine the current stage and `stage_patterns` mark stages.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -23,64 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-PROGRESS_PREFIX = "@@brats-mamba-progress "
-
-#: Stages of a segmentation job, in order, with the share of the progress bar each starts at.
-STAGES: Mapping[str, tuple[float, str]] = {
-    "start": (0.00, "Starting"),
-    "load": (0.05, "Loading model and images"),
-    "preprocess": (0.15, "Preprocessing"),
-    "inference": (0.25, "Segmenting"),
-    "postprocess": (0.85, "Postprocessing"),
-    "write": (0.92, "Writing results"),
-    "done": (1.00, "Done"),
-}
-
-_TQDM_RE = re.compile(r"(\d{1,3})%\|")
-
-
-@dataclass
-class Progress:
-    """Where a job is: stage key, overall fraction 0..1, a short message for the user."""
-
-    stage: str = "start"
-    fraction: float = 0.0
-    message: str = ""
-
-    @property
-    def title(self) -> str:
-        return STAGES.get(self.stage, (0.0, self.stage.capitalize()))[1]
-
-
-def format_progress(stage: str, fraction: float | None = None, message: str = "") -> str:
-    """One progress line; `fraction` defaults to the stage's start."""
-    if fraction is None:
-        fraction = STAGES.get(stage, (0.0, ""))[0]
-    return PROGRESS_PREFIX + json.dumps({"stage": stage, "fraction": round(float(fraction), 4), "message": message})
-
-
-def parse_progress_line(line: str, current: Progress) -> Progress | None:
-    """The progress a line reports (JSON line, or a tqdm bar inside the current stage), else None."""
-    idx = line.find(PROGRESS_PREFIX)
-    if idx >= 0:
-        try:
-            data = json.loads(line[idx + len(PROGRESS_PREFIX):])
-        except json.JSONDecodeError:
-            return None
-        stage = str(data.get("stage", current.stage))
-        fraction = data.get("fraction")
-        if fraction is None:
-            fraction = STAGES.get(stage, (current.fraction, ""))[0]
-        return Progress(stage, min(max(float(fraction), 0.0), 1.0), str(data.get("message", "")))
-    m = _TQDM_RE.search(line)
-    if m:
-        keys = list(STAGES)
-        start = STAGES.get(current.stage, (current.fraction, ""))[0]
-        nxt = keys.index(current.stage) + 1 if current.stage in STAGES else len(keys)
-        end = STAGES[keys[nxt]][0] if nxt < len(keys) else 1.0
-        within = min(int(m.group(1)), 100) / 100.0
-        return Progress(current.stage, max(current.fraction, start + (end - start) * within), line.strip()[-80:])
-    return None
+from BraTSMambaLib.progress import (PROGRESS_PREFIX, STAGES, Progress, format_progress,  # noqa: F401 (re-exported)
+                                    parse_progress_line)
 
 
 def kill_process_tree(pid: int, *, grace_s: float = 2.0, root_alive: Callable[[], bool] | None = None) -> None:
@@ -148,6 +91,7 @@ class BackgroundProcess:
     #: (regex, stage) pairs: a matching output line moves progress to that stage (for commands without JSON lines)
     stage_patterns: Sequence[tuple[str, str]] = ()
     _proc: subprocess.Popen | None = None
+    _json_seen: bool = False
     _pending: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
@@ -198,10 +142,14 @@ class BackgroundProcess:
             new, self._pending = self._pending, []
         shown = []
         for line in new:
-            p = parse_progress_line(line, self.progress) or self._stage_from_pattern(line)
+            is_json = PROGRESS_PREFIX in line
+            self._json_seen |= is_json
+            p = parse_progress_line(line, self.progress)
+            if p is None and not self._json_seen:  # JSON lines, once seen, alone drive the progress
+                p = self._stage_from_pattern(line)
             if p is not None:
                 self.progress = p
-            if PROGRESS_PREFIX not in line and line.strip():
+            if not is_json and line.strip():
                 shown.append(line)
         self.lines.extend(shown)
         return shown
