@@ -112,11 +112,9 @@ def test_node_path_equals_nifti_path(which, real_cases, tiny_model, tmp_path):
     assert all(np.array_equal(mrml.segment_masks(again, nodes["t1ce"])[r], masks[r]) for r in cv.REGIONS)
 
 
-def test_default_model_is_the_bundled_demo(oblique_phantom):
-    from BraTSMambaLib.inference.catalogue import demo_package_path
-
-    if demo_package_path() is not None:
-        pytest.skip("demo package bundled: exercised by BraTSMambaTest inside Slicer")
+def test_default_model_refused_without_bundled_demo(oblique_phantom, tmp_path, monkeypatch):
+    """model=None means the bundled demo; without it the scene stays untouched (with it: test_demo_model.py)."""
+    monkeypatch.setenv("BRATSMAMBA_RESOURCES", str(tmp_path / "no-resources"))
     scene = mrml.new_scene()
     nodes = {m: mrml.load_volume(scene, p) for m, p in oblique_phantom.items()}
     with pytest.raises(BraTSInputError, match="demo"):
