@@ -100,14 +100,19 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 
 class nnUNetTrainerBraTSMamba(nnUNetTrainer):
-    """Shared base; a model trainer sets `MODEL` (registry name), `FROM_PLANS`, `DEFAULT_LR` and
-    `build_network_architecture = registry_builder(MODEL, FROM_PLANS)`."""
+    """Shared base; a model trainer sets `MODEL` (registry name), `FROM_PLANS` and `DEFAULT_LR`, and
+    gets `build_network_architecture = registry_builder(MODEL, FROM_PLANS)` from `__init_subclass__`."""
 
     MODEL: str = ""
     FROM_PLANS: bool = False
     DEFAULT_LR: float = 1e-3
     DEFAULT_ADAM_EPS: float = 1e-4
     DEFAULT_WEIGHT_DECAY: float = 3e-5
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.MODEL and "build_network_architecture" not in cls.__dict__:
+            cls.build_network_architecture = registry_builder(cls.MODEL, cls.FROM_PLANS)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

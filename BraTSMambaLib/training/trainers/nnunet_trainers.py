@@ -8,52 +8,43 @@ AdamW setting (SwinUNETR 1e-4, MONAI's recommendation for it).
 """
 from __future__ import annotations
 
-from BraTSMambaLib.training.trainers.nnunet_trainer_base import nnUNetTrainerBraTSMamba, registry_builder
+from BraTSMambaLib.training.trainers.nnunet_trainer_base import nnUNetTrainerBraTSMamba
 
 
 class nnUNetTrainerSegMamba(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "SegMamba", False, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerUMambaBot(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "UMambaBot", True, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerUMambaEnc(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "UMambaEnc", True, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerVMUNet3D(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "VMUNet3D", False, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerMedNeXt_S(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "mednext_s", False, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerMedNeXt_B(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "mednext_b", False, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerMedNeXt_M(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "mednext_m", False, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerMedNeXt_L(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "mednext_l", False, 1e-3
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 class nnUNetTrainerSwinUNETR(nnUNetTrainerBraTSMamba):
     MODEL, FROM_PLANS, DEFAULT_LR = "SwinUNETR", False, 1e-4
-    build_network_architecture = registry_builder(MODEL, FROM_PLANS)
 
 
 #: Registry name -> trainer class.
