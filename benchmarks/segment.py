@@ -80,6 +80,39 @@ def time_stock(case, model, tta: int, overlap: float, repeats: int) -> dict:
     return {"total_excluding_io": statistics.median(times), "runs": times}
 
 
+def compare_sliding_window(name: str, patch: tuple[int, int, int], size: int, overlap: float, tta: int,
+                           device: str, rounds: int) -> None:
+    """Sliding window alone, ours vs nnU-Net's `predict_sliding_window_return_logits`, interleaved."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from BraTSMambaLib.inference.predictor import SlidingWindowPredictor, resolve_device
+    from BraTSMambaLib.inference.preprocessing import equivalent_plans, region_dataset_json
+    from BraTSMambaLib.nets import build_model
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    net = build_model(name, patch_size=patch).to(dev).eval()
+    pm = PlansManager(equivalent_plans((1.0, 1.0, 1.0), patch))
+    ours = SlidingWindowPredictor([net], patch, dev, overlap=overlap, tta=tta)
+    stock = nnUNetPredictor(tile_step_size=1.0 - overlap, use_gaussian=True, use_mirroring=tta > 1,
+                            perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                            allow_tqdm=False)
+    stock.manual_initialization(net, pm, pm.get_configuration("3d_fullres"), [net.state_dict()],
+                                region_dataset_json(), "bench", (0, 1, 2) if tta > 1 else None)
+    x = torch.randn(4, size, size, size)
+    for r in range(rounds):
+        _sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            stock.predict_sliding_window_return_logits(x.to(dev))
+        _sync(dev)
+        t1 = time.perf_counter()
+        ours.predict(x)
+        _sync(dev)
+        print(f"round {r}: stock {t1 - t0:.2f} s, ours {time.perf_counter() - t1:.2f} s", flush=True)
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -109,7 +142,16 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (cuDNN autotune, kernel compiles)")
     p.add_argument("--no-stock", action="store_true", help="skip nnU-Net's stock predictor")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--compare-sliding-window", type=int, default=None, metavar="SIZE",
+                   help="only time the sliding window on a random SIZE^3 volume, ours vs stock, interleaved")
     args = p.parse_args(argv)
+    if args.compare_sliding_window:
+        if args.fast:
+            args.tta, args.overlap = 1, 0.25
+        for name in args.models:
+            compare_sliding_window(name, tuple(args.patch), args.compare_sliding_window, args.overlap, args.tta,
+                                   args.device, args.repeats)
+        return 0
 
     from BraTSMambaLib.inference.pipeline import SegmentOptions, load_model
 
