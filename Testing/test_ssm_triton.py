@@ -144,20 +144,31 @@ def compare_case(case: dict, device: str, seed: int, backend: str = "triton") ->
     return res
 
 
+def all_features(b: int, E: int, L: int, N: int, **extra) -> dict:
+    """A float32 case with ungrouped B/C, z, D, delta_bias and softplus (see `make_inputs`)."""
+    return {
+        "b": b,
+        "E": E,
+        "L": L,
+        "N": N,
+        "dtype": "float32",
+        "gB": 0,
+        "gC": 0,
+        "z": True,
+        "D": True,
+        "bias": True,
+        "softplus": True,
+        **extra,
+    }
+
+
 # Tiny shapes for the interpreter: several chunks, ragged last tile, N not a power of two, L = 1.
-SMALL = {
-    "b": 2,
-    "E": 4,
-    "L": 37,
-    "N": 4,
-    "dtype": "float32",
-    "gB": 0,
-    "gC": 0,
-    "z": True,
-    "D": True,
-    "bias": True,
-    "softplus": True,
-    "cfg": {
+SMALL = all_features(
+    b=2,
+    E=4,
+    L=37,
+    N=4,
+    cfg={
         "tile_fwd": 8,
         "tile_bwd": 8,
         "bd_fwd": 2,
@@ -165,7 +176,7 @@ SMALL = {
         "chunk_tiles_fwd": 2,
         "chunk_tiles_bwd": 2,
     },
-}
+)
 INTERP_CASES = {
     "all_features_multichunk": dict(SMALL),
     "grouped_bc_big_delta": dict(SMALL, gB=2, gC=2, big_delta=True),
@@ -199,15 +210,7 @@ INTERP_CASES = {
         SMALL,
         E=8,
         gC=2,
-        cfg={
-            "tile_fwd": 8,
-            "tile_bwd": 8,
-            "bd_fwd": 2,
-            "bd_bwd": 2,
-            "chunk_tiles_fwd": 2,
-            "chunk_tiles_bwd": 2,
-            "atomic_dbc": True,
-        },
+        cfg=dict(SMALL["cfg"], atomic_dbc=True),
     ),
     "fwd_tile_4x_bwd_tile": dict(
         SMALL,
@@ -302,19 +305,7 @@ def test_bad_shapes_raise():
 
 
 # ---------------------------------------------------------------- GPU
-GPU_BASE = {
-    "b": 2,
-    "E": 16,
-    "L": 1000,
-    "N": 16,
-    "dtype": "float32",
-    "gB": 0,
-    "gC": 0,
-    "z": True,
-    "D": True,
-    "bias": True,
-    "softplus": True,
-}
+GPU_BASE = all_features(b=2, E=16, L=1000, N=16)
 GPU_CASES = {
     "fp32_all_features": dict(GPU_BASE),
     "fp32_plain_grouped": dict(

@@ -132,6 +132,58 @@ def _scan_chunks(
     )
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """One direction's chunked launch: sizes, grid, the kernels' shared scalar arguments and flags."""
+
+    b: int
+    E: int
+    L: int
+    G: int
+    N: int
+    BD: int
+    nc: int
+    grid: tuple[int, int, int]
+    sizes: tuple[int, ...]
+    flags: dict
+
+
+def _launch(
+    u, A, B, delta_bias, softplus: bool, T: int, bd: int, chunk_tiles, cfg: ScanConfig
+) -> _Launch:
+    """Launch shape for T positions per step and up to `bd` channels per program."""
+    b, E, L = u.shape
+    G, N = B.shape[1], A.shape[1]
+    BD = _pow2_divisor(bd, E // G)
+    chunk_len, nc = _chunking(L, T, b * E // BD, chunk_tiles, cfg.target_programs)
+    flags = {
+        "HAS_BIAS": delta_bias is not None,
+        "SOFTPLUS": softplus,
+        "BD": BD,
+        "NP": max(2, _next_pow2(N)),
+        "T": T,
+    }
+    return _Launch(
+        b, E, L, G, N, BD, nc, (nc, E // BD, b), (E, L, N, G, nc, chunk_len), flags
+    )
+
+
+def _chunk_carries(
+    kernel, inputs: tuple, lp: _Launch, A, reverse: bool, num_warps: int, **flags
+):
+    """Run a chunk-summary kernel on `inputs` and scan its per-chunk results into the state (forward)
+    or adjoint (reverse) entering each chunk, (b, E, nc, N) float32."""
+    f32 = {"device": A.device, "dtype": torch.float32}
+    S = torch.empty((lp.b, lp.E, lp.nc, lp.N), **f32)
+    dsum = torch.empty((lp.b, lp.E, lp.nc), **f32)
+    kernel[lp.grid](
+        *inputs, S, dsum, *lp.sizes, num_warps=num_warps, **lp.flags, **flags
+    )
+    H = torch.empty_like(S)
+    _scan_chunks(S, dsum, A, H, reverse=reverse)
+    return H
+
+
 def _forward(
     u,
     delta,
@@ -148,52 +200,23 @@ def _forward(
 ):
     """Run the forward passes; returns (out, last_state or None, tile-start states or None)."""
     k = _kernels()
-    b, E, L = u.shape
-    G, N = B.shape[1], A.shape[1]
-    NP = max(2, _next_pow2(N))
-    T, TS = _tiles(L, cfg)
-    BD = _pow2_divisor(cfg.bd_fwd if save else cfg.bd_fwd_nograd, E // G)
-    chunk_len, nc = _chunking(
-        L, T, b * E // BD, cfg.chunk_tiles_fwd, cfg.target_programs
-    )
+    T, TS = _tiles(u.shape[2], cfg)
+    bd = cfg.bd_fwd if save else cfg.bd_fwd_nograd
+    lp = _launch(u, A, B, delta_bias, softplus, T, bd, cfg.chunk_tiles_fwd, cfg)
+    b, E, L, N = lp.b, lp.E, lp.L, lp.N
     ntiles = -(-L // TS)
     f32 = {"device": u.device, "dtype": torch.float32}
     out = torch.empty_like(u)
     Hsave = torch.empty((b, E, ntiles, N), **f32) if save else out
     last = torch.empty((b, E, N), **f32) if want_last else out
     dummy = out
-    grid = (nc, E // BD, b)
-    flags = {
-        "HAS_BIAS": delta_bias is not None,
-        "SOFTPLUS": softplus,
-        "BD": BD,
-        "NP": NP,
-        "T": T,
-    }
+    bias_t = delta_bias if delta_bias is not None else dummy
     H = dummy
-    if nc > 1:
-        S = torch.empty((b, E, nc, N), **f32)
-        dsum = torch.empty((b, E, nc), **f32)
-        k._fwd_chunk_state[grid](
-            u,
-            delta,
-            A,
-            B,
-            delta_bias if delta_bias is not None else dummy,
-            S,
-            dsum,
-            E,
-            L,
-            N,
-            G,
-            nc,
-            chunk_len,
-            num_warps=cfg.warps_fwd,
-            **flags,
+    if lp.nc > 1:
+        H = _chunk_carries(
+            k._fwd_chunk_state, (u, delta, A, B, bias_t), lp, A, False, cfg.warps_fwd
         )
-        H = torch.empty_like(S)
-        _scan_chunks(S, dsum, A, H, reverse=False)
-    k._fwd_chunk_out[grid](
+    k._fwd_chunk_out[lp.grid](
         u,
         delta,
         A,
@@ -201,26 +224,21 @@ def _forward(
         C,
         D if D is not None else dummy,
         z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy,
+        bias_t,
         H,
         out,
         Hsave,
         last,
-        E,
-        L,
-        N,
-        G,
-        nc,
-        chunk_len,
+        *lp.sizes,
         ntiles,
         HAS_D=D is not None,
         HAS_Z=z is not None,
-        HAS_INIT=nc > 1,
+        HAS_INIT=lp.nc > 1,
         SAVE=save,
         RET_LAST=want_last,
         TS=TS,
         num_warps=cfg.warps_fwd,
-        **flags,
+        **lp.flags,
     )
     return out, (last if want_last else None), (Hsave if save else None)
 
@@ -230,53 +248,26 @@ def _backward(
 ):
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in float32 where they are reductions."""
     k = _kernels()
-    b, E, L = u.shape
-    G, N = B.shape[1], A.shape[1]
-    NP = max(2, _next_pow2(N))
-    _, T = _tiles(L, cfg)
-    BD = _pow2_divisor(cfg.bd_bwd, E // G)
-    nblk = (E // G) // BD
-    chunk_len, nc = _chunking(
-        L, T, b * E // BD, cfg.chunk_tiles_bwd, cfg.target_programs
-    )
+    _, T = _tiles(u.shape[2], cfg)
+    lp = _launch(u, A, B, delta_bias, softplus, T, cfg.bd_bwd, cfg.chunk_tiles_bwd, cfg)
+    b, E, L, G, N, nc = lp.b, lp.E, lp.L, lp.G, lp.N, lp.nc
+    nblk = (E // G) // lp.BD
     ntiles = -(-L // T)
     f32 = {"device": u.device, "dtype": torch.float32}
     dummy = u
     bias_t = delta_bias if delta_bias is not None else dummy
     z_t = z if z is not None else dummy
-    grid = (nc, E // BD, b)
-    flags = {
-        "HAS_BIAS": delta_bias is not None,
-        "SOFTPLUS": softplus,
-        "BD": BD,
-        "NP": NP,
-        "T": T,
-    }
     R = dummy
     if nc > 1:
-        S = torch.empty((b, E, nc, N), **f32)
-        dsum = torch.empty((b, E, nc), **f32)
-        k._bwd_chunk_state[grid](
-            delta,
+        R = _chunk_carries(
+            k._bwd_chunk_state,
+            (delta, A, C, z_t, bias_t, dout),
+            lp,
             A,
-            C,
-            z_t,
-            bias_t,
-            dout,
-            S,
-            dsum,
-            E,
-            L,
-            N,
-            G,
-            nc,
-            chunk_len,
+            True,
+            cfg.warps_bwd,
             HAS_Z=z is not None,
-            num_warps=cfg.warps_bwd,
-            **flags,
         )
-        R = torch.empty_like(S)
-        _scan_chunks(S, dsum, A, R, reverse=True)
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else dummy
@@ -287,7 +278,7 @@ def _backward(
     dAp = torch.empty((b, nc, E, N), **f32)
     dDp = torch.empty((b, nc, E), **f32)
     dbp = torch.empty((b, nc, E), **f32)
-    k._bwd_chunk_grads[grid](
+    k._bwd_chunk_grads[lp.grid](
         u,
         delta,
         A,
@@ -307,19 +298,14 @@ def _backward(
         dAp,
         dDp,
         dbp,
-        E,
-        L,
-        N,
-        G,
-        nc,
-        chunk_len,
+        *lp.sizes,
         ntiles,
         HAS_D=D is not None,
         HAS_Z=z is not None,
         HAS_INIT=nc > 1,
         ATOMIC=atomic,
         num_warps=cfg.warps_bwd,
-        **flags,
+        **lp.flags,
     )
     dB = dBp.sum(2) if dBp.shape[2] > 1 else dBp[:, :, 0]
     dC = dCp.sum(2) if dCp.shape[2] > 1 else dCp[:, :, 0]

@@ -66,6 +66,110 @@ def _load_delta(
 
 
 @triton.jit
+def _load_tile(ptr, row, t, mask):
+    """Positions t of the rows `row` of a (batch, E, L) or (batch, G, N, L) input, in fp32, zero where
+    masked."""
+    return tl.load(ptr + row + t[:, None], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_channels(ptr, offs_d, BD: tl.constexpr, PRESENT: tl.constexpr):
+    """(BD,) fp32 per-channel vector (delta bias, D); zeros when the input is absent."""
+    v = tl.zeros((BD,), tl.float32)
+    if PRESENT:
+        v = tl.load(ptr + offs_d).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _load_A(A_ptr, offs_d, offs_n, mask, N):
+    """(NP, BD) A in fp32, zero where masked."""
+    return tl.load(
+        A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask, other=0.0
+    ).to(tl.float32)
+
+
+@triton.jit
+def _log2e(A):
+    """A * log2(e), so that exp(delta A) = exp2(delta A2)."""
+    return A * 1.4426950408889634
+
+
+@triton.jit
+def _state_ptrs(ptr, idx, offs_n, N):
+    """(NP, BD) addresses of the states of the rows idx (BD,) in a (..., N) state tensor."""
+    return ptr + idx[None, :] * N + offs_n[:, None]
+
+
+@triton.jit
+def _chunk_program(E, N, G, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr):
+    """A (chunk, channel block, batch) program: its ids, channel/state/position offsets and the B/C
+    group of its channels."""
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    offs_t = tl.arange(0, T)
+    grp = (pid_d * BD) // (E // G)
+    return pid_c, pid_d, pid_b, offs_d, offs_n, mask_n, offs_t, grp
+
+
+@triton.jit
+def _rows(pid_b, grp, offs_d, offs_n, E, L, N, G):
+    """Row offsets of the block's channels in (batch, E, L) tensors and of its group's states in
+    (batch, G, N, L) tensors."""
+    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
+    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    return row, brow
+
+
+@triton.jit
+def _chunk_bounds(pid_c, chunk_len, L):
+    """[start, end) positions of chunk pid_c."""
+    start = pid_c * chunk_len
+    return start, tl.minimum(start + chunk_len, L)
+
+
+@triton.jit
+def _chunk_index(pid_b, pid_c, offs_d, E, nchunks):
+    """Row of (batch, channel, chunk) in (batch, E, nchunks[, N]) per-chunk tensors."""
+    return (pid_b * E + offs_d) * nchunks + pid_c
+
+
+@triton.jit
+def _tile_states(A2, dl, uu, Bt, h):
+    """States hs (T, NP, BD) of a tile entered with state h, and its inputs x = delta B u."""
+    dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
+    x = (dl * uu)[:, None, :] * Bt[:, :, None]
+    pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
+    return hb + pa * h[None, :, :], x
+
+
+@triton.jit
+def _readout(hs, Ct, Dv, uu, HAS_D: tl.constexpr):
+    """y = C.h (+ D u) of a tile, before the gate."""
+    y = tl.sum(hs * Ct[:, :, None], axis=1)
+    if HAS_D:
+        y += Dv[None, :] * uu
+    return y
+
+
+@triton.jit
+def _pick(x, offs, i):
+    """x[i] of an (n, NP, BD) block (a masked sum: triton has no dynamic indexing)."""
+    return tl.sum(tl.where((offs == i)[:, None, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _gated(v, z_ptr, row, t, mask):
+    """v * silu(z) on a tile."""
+    zz = _load_tile(z_ptr, row, t, mask)
+    return v * zz * _sigmoid(zz)
+
+
+@triton.jit
 def _fwd_chunk_state(
     u_ptr,
     delta_ptr,
@@ -87,39 +191,21 @@ def _fwd_chunk_state(
     T: tl.constexpr,
 ):
     """Per (chunk, channel block, batch): end state from a zero start, and the summed delta."""
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_t = tl.arange(0, T)
-    grp = (pid_d * BD) // (E // G)
-    A2 = (
-        tl.load(
-            A_ptr + offs_d[None, :] * N + offs_n[:, None],
-            mask=mask_n[:, None],
-            other=0.0,
-        ).to(tl.float32)
-        * 1.4426950408889634
+    pid_c, _pid_d, pid_b, offs_d, offs_n, mask_n, offs_t, grp = _chunk_program(
+        E, N, G, BD, NP, T
     )
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    A2 = _log2e(_load_A(A_ptr, offs_d, offs_n, mask_n[:, None], N))
+    bias = _load_channels(bias_ptr, offs_d, BD, HAS_BIAS)
+    row, brow = _rows(pid_b, grp, offs_d, offs_n, E, L, N, G)
     S = tl.zeros((NP, BD), tl.float32)
     dsum = tl.zeros((BD,), tl.float32)
-    start = pid_c * chunk_len
-    end = tl.minimum(start + chunk_len, L)
+    start, end = _chunk_bounds(pid_c, chunk_len, L)
     for t0 in range(start, end, T):
         t = t0 + offs_t
         mt = (t < L)[:, None]
         _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
-        Bt = tl.load(
-            B_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0
-        ).to(tl.float32)
+        uu = _load_tile(u_ptr, row, t, mt)
+        Bt = _load_tile(B_ptr, brow, t, mask_n[None, :] & mt)
         cum = tl.cumsum(dl, axis=0)
         tot = tl.sum(dl, axis=0)
         w = tl.exp2(A2[None, :, :] * (tot[None, :] - cum)[:, None, :])
@@ -127,8 +213,8 @@ def _fwd_chunk_state(
             w * (dl * uu)[:, None, :] * Bt[:, :, None], axis=0
         )
         dsum += tot
-    cidx = (pid_b * E + offs_d) * nchunks + pid_c
-    tl.store(S_ptr + cidx[None, :] * N + offs_n[:, None], S, mask=mask_n[:, None])
+    cidx = _chunk_index(pid_b, pid_c, offs_d, E, nchunks)
+    tl.store(_state_ptrs(S_ptr, cidx, offs_n, N), S, mask=mask_n[:, None])
     tl.store(dsum_ptr + cidx, dsum)
 
 
@@ -157,12 +243,7 @@ def _chunk_scan(
     offs_n = tl.arange(0, NP)
     offs_c = tl.arange(0, CT)
     m2 = mask_d[None, :] & (offs_n < N)[:, None]
-    A2 = (
-        tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=m2, other=0.0).to(
-            tl.float32
-        )
-        * 1.4426950408889634
-    )
+    A2 = _log2e(_load_A(A_ptr, offs_d, offs_n, m2, N))
     base = (pid_b * E + offs_d) * nchunks
     h = tl.zeros((NP, BD), tl.float32)
     for c0 in range(0, nchunks, CT):
@@ -198,7 +279,7 @@ def _chunk_scan(
             incl,
             mask=m3 & (k + 1 < nchunks)[:, None, None],
         )
-        h = tl.sum(tl.where((offs_c == CT - 1)[:, None, None], incl, 0.0), axis=0)
+        h = _pick(incl, offs_c, CT - 1)
 
 
 @triton.jit
@@ -238,76 +319,50 @@ def _fwd_chunk_out(
 
     With SAVE, the state entering every TS-position segment goes to Hsave (b, E, cdiv(L, TS), N).
     """
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_t = tl.arange(0, T)
-    grp = (pid_d * BD) // (E // G)
-    A2 = (
-        tl.load(
-            A_ptr + offs_d[None, :] * N + offs_n[:, None],
-            mask=mask_n[:, None],
-            other=0.0,
-        ).to(tl.float32)
-        * 1.4426950408889634
+    pid_c, _pid_d, pid_b, offs_d, offs_n, mask_n, offs_t, grp = _chunk_program(
+        E, N, G, BD, NP, T
     )
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    A2 = _log2e(_load_A(A_ptr, offs_d, offs_n, mask_n[:, None], N))
+    bias = _load_channels(bias_ptr, offs_d, BD, HAS_BIAS)
+    Dv = _load_channels(D_ptr, offs_d, BD, HAS_D)
+    row, brow = _rows(pid_b, grp, offs_d, offs_n, E, L, N, G)
     srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
     if HAS_INIT:
-        cidx = (pid_b * E + offs_d) * nchunks + pid_c
+        cidx = _chunk_index(pid_b, pid_c, offs_d, E, nchunks)
         h = tl.load(
-            H_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0
+            _state_ptrs(H_ptr, cidx, offs_n, N), mask=mask_n[:, None], other=0.0
         )
     else:
         h = tl.zeros((NP, BD), tl.float32)
-    start = pid_c * chunk_len
-    end = tl.minimum(start + chunk_len, L)
+    start, end = _chunk_bounds(pid_c, chunk_len, L)
     for t0 in range(start, end, T):
         t = t0 + offs_t
         mt = (t < L)[:, None]
         _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        uu = _load_tile(u_ptr, row, t, mt)
         mtn = mask_n[None, :] & mt
-        Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
+        Bt = _load_tile(B_ptr, brow, t, mtn)
+        Ct = _load_tile(C_ptr, brow, t, mtn)
         if SAVE:
             tl.store(
-                Hsave_ptr + (srow + t0 // TS)[None, :] * N + offs_n[:, None],
+                _state_ptrs(Hsave_ptr, srow + t0 // TS, offs_n, N),
                 h,
                 mask=mask_n[:, None],
             )
-        dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
-        x = (dl * uu)[:, None, :] * Bt[:, :, None]
-        pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
-        hs = hb + pa * h[None, :, :]
-        y = tl.sum(hs * Ct[:, :, None], axis=1)
-        if HAS_D:
-            y += Dv[None, :] * uu
+        hs, _ = _tile_states(A2, dl, uu, Bt, h)
+        y = _readout(hs, Ct, Dv, uu, HAS_D)
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
-            y = y * zz * _sigmoid(zz)
+            y = _gated(y, z_ptr, row, t, mt)
         tl.store(out_ptr + row + t[:, None], y, mask=mt)
         if SAVE:
             for j in tl.static_range(1, T // TS):
-                hj = tl.sum(
-                    tl.where((offs_t == j * TS - 1)[:, None, None], hs, 0.0), axis=0
-                )
+                hj = _pick(hs, offs_t, j * TS - 1)
                 tl.store(
-                    Hsave_ptr + (srow + t0 // TS + j)[None, :] * N + offs_n[:, None],
+                    _state_ptrs(Hsave_ptr, srow + t0 // TS + j, offs_n, N),
                     hj,
                     mask=mask_n[:, None] & (t0 + j * TS < L),
                 )
-        h = tl.sum(tl.where((offs_t == T - 1)[:, None, None], hs, 0.0), axis=0)
+        h = _pick(hs, offs_t, T - 1)
     if RET_LAST:
         lidx = (pid_b * E + offs_d)[None, :] * N + offs_n[:, None]
         tl.store(last_ptr + lidx, h, mask=mask_n[:, None] & (pid_c == nchunks - 1))
@@ -337,48 +392,29 @@ def _bwd_chunk_state(
     T: tl.constexpr,
 ):
     """Per chunk: the adjoint it sends out of its left end (a_s g_s) with no inflow from the right."""
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_t = tl.arange(0, T)
-    grp = (pid_d * BD) // (E // G)
-    A2 = (
-        tl.load(
-            A_ptr + offs_d[None, :] * N + offs_n[:, None],
-            mask=mask_n[:, None],
-            other=0.0,
-        ).to(tl.float32)
-        * 1.4426950408889634
+    pid_c, _pid_d, pid_b, offs_d, offs_n, mask_n, offs_t, grp = _chunk_program(
+        E, N, G, BD, NP, T
     )
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    A2 = _log2e(_load_A(A_ptr, offs_d, offs_n, mask_n[:, None], N))
+    bias = _load_channels(bias_ptr, offs_d, BD, HAS_BIAS)
+    row, brow = _rows(pid_b, grp, offs_d, offs_n, E, L, N, G)
     S = tl.zeros((NP, BD), tl.float32)
     run = tl.zeros((BD,), tl.float32)
-    start = pid_c * chunk_len
-    end = tl.minimum(start + chunk_len, L)
+    start, end = _chunk_bounds(pid_c, chunk_len, L)
     for t0 in range(start, end, T):
         t = t0 + offs_t
         mt = (t < L)[:, None]
         _, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
-        dy = tl.load(dout_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        dy = _load_tile(dout_ptr, row, t, mt)
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
-            dy = dy * zz * _sigmoid(zz)
-        Ct = tl.load(
-            C_ptr + brow + t[:, None], mask=mask_n[None, :] & mt, other=0.0
-        ).to(tl.float32)
+            dy = _gated(dy, z_ptr, row, t, mt)
+        Ct = _load_tile(C_ptr, brow, t, mask_n[None, :] & mt)
         cum = tl.cumsum(dl, axis=0) + run[None, :]
         w = tl.exp2(A2[None, :, :] * cum[:, None, :])
         S += tl.sum(w * Ct[:, :, None] * dy[:, None, :], axis=0)
         run += tl.sum(dl, axis=0)
-    cidx = (pid_b * E + offs_d) * nchunks + pid_c
-    tl.store(S_ptr + cidx[None, :] * N + offs_n[:, None], S, mask=mask_n[:, None])
+    cidx = _chunk_index(pid_b, pid_c, offs_d, E, nchunks)
+    tl.store(_state_ptrs(S_ptr, cidx, offs_n, N), S, mask=mask_n[:, None])
     tl.store(dsum_ptr + cidx, run)
 
 
@@ -426,69 +462,50 @@ def _bwd_chunk_grads(
     per group, N, L), or with ATOMIC added into zeroed (batch, G, N, L) buffers (faster, not
     bit-reproducible); dA/dD/dbias go per (batch, chunk); the caller sums the partials.
     """
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    offs_t = tl.arange(0, T)
-    per_grp = E // G
-    grp = (pid_d * BD) // per_grp
-    nblk = per_grp // BD
+    pid_c, pid_d, pid_b, offs_d, offs_n, mask_n, offs_t, grp = _chunk_program(
+        E, N, G, BD, NP, T
+    )
+    nblk = (E // G) // BD
     jblk = pid_d % nblk
-    A = tl.load(
-        A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0
-    ).to(tl.float32)
-    A2 = A * 1.4426950408889634
-    bias = tl.zeros((BD,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d).to(tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d).to(tl.float32)
-    row = pid_b * E * L + offs_d[None, :].to(tl.int64) * L
-    brow = (pid_b * G + grp) * N * L + offs_n[None, :].to(tl.int64) * L
+    A = _load_A(A_ptr, offs_d, offs_n, mask_n[:, None], N)
+    A2 = _log2e(A)
+    bias = _load_channels(bias_ptr, offs_d, BD, HAS_BIAS)
+    Dv = _load_channels(D_ptr, offs_d, BD, HAS_D)
+    row, brow = _rows(pid_b, grp, offs_d, offs_n, E, L, N, G)
     prow = (((pid_b * G + grp) * nblk + jblk) * N + offs_n[None, :]).to(tl.int64) * L
     srow = (pid_b * E + offs_d).to(tl.int64) * ntiles
-    cidx = (pid_b * E + offs_d) * nchunks + pid_c
     if HAS_INIT:
+        cidx = _chunk_index(pid_b, pid_c, offs_d, E, nchunks)
         R = tl.load(
-            R_ptr + cidx[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0
+            _state_ptrs(R_ptr, cidx, offs_n, N), mask=mask_n[:, None], other=0.0
         )
     else:
         R = tl.zeros((NP, BD), tl.float32)
     dA_acc = tl.zeros((NP, BD), tl.float32)
     dD_acc = tl.zeros((BD,), tl.float32)
     db_acc = tl.zeros((BD,), tl.float32)
-    start = pid_c * chunk_len
-    end = tl.minimum(start + chunk_len, L)
+    start, end = _chunk_bounds(pid_c, chunk_len, L)
     ntile_c = (end - start + T - 1) // T
     for i in range(ntile_c):
         t0 = start + (ntile_c - 1 - i) * T
         t = t0 + offs_t
         mt = (t < L)[:, None]
         raw, dl = _load_delta(delta_ptr, bias, row + t[:, None], mt, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        uu = _load_tile(u_ptr, row, t, mt)
         mtn = mask_n[None, :] & mt
-        Bt = tl.load(B_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + brow + t[:, None], mask=mtn, other=0.0).to(tl.float32)
+        Bt = _load_tile(B_ptr, brow, t, mtn)
+        Ct = _load_tile(C_ptr, brow, t, mtn)
         h0 = tl.load(
-            Hsave_ptr + (srow + t0 // T)[None, :] * N + offs_n[:, None],
+            _state_ptrs(Hsave_ptr, srow + t0 // T, offs_n, N),
             mask=mask_n[:, None],
             other=0.0,
         )
-        dA = tl.exp2(A2[None, :, :] * dl[:, None, :])
-        x = (dl * uu)[:, None, :] * Bt[:, :, None]
-        pa, hb = tl.associative_scan((dA, x), axis=0, combine_fn=_combine_fwd)
-        hs = hb + pa * h0[None, :, :]
-        dy = tl.load(dout_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+        hs, x = _tile_states(A2, dl, uu, Bt, h0)
+        dy = _load_tile(dout_ptr, row, t, mt)
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[:, None], mask=mt, other=0.0).to(tl.float32)
+            zz = _load_tile(z_ptr, row, t, mt)
             sz = _sigmoid(zz)
-            y = tl.sum(hs * Ct[:, :, None], axis=1)
-            if HAS_D:
-                y += Dv[None, :] * uu
+            y = _readout(hs, Ct, Dv, uu, HAS_D)
             tl.store(
                 dz_ptr + row + t[:, None],
                 dy * y * sz * (1.0 + zz * (1.0 - sz)),
@@ -537,8 +554,8 @@ def _bwd_chunk_grads(
         db_acc += tl.sum(ddl, axis=0)
         tl.store(du_ptr + row + t[:, None], du, mask=mt)
         tl.store(ddelta_ptr + row + t[:, None], ddl, mask=mt)
-        R = dA0 * tl.sum(tl.where((offs_t == 0)[:, None, None], g, 0.0), axis=0)
+        R = dA0 * _pick(g, offs_t, 0)
     pidx = (pid_b * nchunks + pid_c) * E + offs_d
-    tl.store(dA_ptr + pidx[None, :] * N + offs_n[:, None], dA_acc, mask=mask_n[:, None])
+    tl.store(_state_ptrs(dA_ptr, pidx, offs_n, N), dA_acc, mask=mask_n[:, None])
     tl.store(dD_ptr + pidx, dD_acc)
     tl.store(dbias_ptr + pidx, db_acc)

@@ -58,6 +58,17 @@ def dt_projection(dt_rank: int, d_inner: int, dt_min: float, dt_max: float, dt_i
     return proj
 
 
+def set_layer_dims(layer: nn.Module, d_model: int, d_state: int, d_conv: int, expand: float, dt_rank) -> None:
+    """d_model, d_state, d_conv, expand, d_inner = int(expand * d_model) and dt_rank ("auto":
+    ceil(d_model / 16)) on `layer`, as mamba_ssm's layers set them."""
+    layer.d_model = d_model
+    layer.d_state = d_state
+    layer.d_conv = d_conv
+    layer.expand = expand
+    layer.d_inner = int(expand * d_model)
+    layer.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+
+
 def ssm_branch(x: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
                A_log: torch.Tensor, D: torch.Tensor, backend: str) -> torch.Tensor:
     """One scan of a Mamba layer on x, z (batch, d_inner, L): conv -> SiLU -> x_proj -> scan * SiLU(z).
@@ -96,12 +107,7 @@ class Mamba(nn.Module):
                  *, scan_backend: str = "auto") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        set_layer_dims(self, d_model, d_state, d_conv, expand, dt_rank)
         self.use_fast_path = use_fast_path
         self.layer_idx = layer_idx
         self.scan_backend = scan_backend

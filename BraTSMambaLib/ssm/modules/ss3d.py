@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from BraTSMambaLib.ssm.modules.mamba import dt_projection
+from BraTSMambaLib.ssm.modules.mamba import dt_projection, set_layer_dims
 from BraTSMambaLib.ssm.selective_scan import selective_scan
 
 #: Axis orders of the forward routes, as permutations of the (D, H, W) axes of a (B, C, D, H, W) tensor.
@@ -61,12 +61,7 @@ class SS3D(nn.Module):
                  device=None, dtype=None, *, scan_backend: str = "auto") -> None:
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        set_layer_dims(self, d_model, d_state, d_conv, expand, dt_rank)
         self.scan_backend = scan_backend
         K, E, R, N = K_ROUTES, self.d_inner, self.dt_rank, d_state
 
