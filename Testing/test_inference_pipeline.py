@@ -329,10 +329,11 @@ def test_demo_runs_bundled_package(package, tmp_path, monkeypatch, capsys):
             "BraTSPhantom_s0_overlay.png", "phantom-case"} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_case_cpu_fast(model, brats2018_cases, tmp_path):
     """A real 240x240x155 BraTS case goes through the whole pipeline on the CPU with the real geometry."""
-    res = segment_case(brats2018_cases[0], model, tmp_path, SegmentOptions(device="cpu", fast=True, evaluate=True))
+    res = segment_case(brats2018_cases[0], model, tmp_path, SegmentOptions(**OPTS, evaluate=True))
     ref = load_case(brats2018_cases[0]).reference
     same_geometry(sitk.ReadImage(str(res.paths["seg"])), ref)
     assert set(res.report["evaluation"]) == set(C.REGIONS)

@@ -27,7 +27,11 @@ FAST_OVERLAP = 0.25
 
 @dataclass
 class SegmentOptions:
-    """What the `segment` command's flags control."""
+    """What the `segment` command's flags control.
+
+    device, fast, overlap, tta, tiles_per_forward and precision take effect in `load_model` (they
+    configure the predictor); labels, outputs, evaluate and overwrite in each `segment_case` call.
+    """
 
     device: str = "auto"
     fast: bool = False
