@@ -89,6 +89,28 @@ def test_read_image_vector_pixels(tmp_path):
         io.read_image(p)
 
 
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_truncated_nifti_is_refused(tmp_path, ext):
+    """SimpleITK fills a cut-off NIfTI with zeros; we refuse it instead of segmenting half a scan."""
+    full = io.write_image(_image(0, size_zyx=(20, 24, 28)), tmp_path / f"full{ext}")
+    data = full.read_bytes()
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(BraTSInputError, match=rf"cut{ext.replace('.', chr(92) + '.')}: truncated"):
+        io.read_image(cut)
+    assert io.read_image(full).GetSize() == (28, 24, 20)
+
+
+def test_multi_member_gzip_nifti_is_accepted(tmp_path):
+    """A valid .nii.gz written as two gzip members (trailer size of the last member only) still reads."""
+    import gzip
+
+    raw = io.write_image(_image(0), tmp_path / "plain.nii").read_bytes()
+    p = tmp_path / "two_members.nii.gz"
+    p.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    assert io.read_image(p).GetSize() == _image(0).GetSize()
+
+
 def test_read_image_nonfinite(tmp_path):
     arr = sitk.GetArrayFromImage(_image(0))
     arr[1, 2, 3] = np.nan

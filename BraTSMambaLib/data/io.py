@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -98,6 +100,8 @@ def read_image(path: PathLike, *, check_finite: bool = True) -> sitk.Image:
     problems = header_problems(reader)
     if problems:
         raise BraTSInputError(f"{p}: " + "; ".join(problems))
+    if extension(p) in (".nii", ".nii.gz"):
+        check_nifti_complete(p)
     try:
         image = reader.Execute()
     except RuntimeError as e:
@@ -109,6 +113,52 @@ def read_image(path: PathLike, *, check_finite: bool = True) -> sitk.Image:
         if bad:
             raise BraTSInputError(f"{p}: {bad} voxels are NaN or infinite")
     return image
+
+
+def check_nifti_complete(path: PathLike) -> None:
+    """Refuse a NIfTI file that holds fewer voxel bytes than its header promises.
+
+    SimpleITK reads a truncated `.nii` or `.nii.gz` without complaint and fills the missing part
+    with zeros, which would look like a valid scan. For `.nii.gz` the gzip trailer (uncompressed
+    size mod 2**32) is checked first; only when it disagrees is the stream decompressed to decide.
+    """
+    import nibabel
+
+    p = Path(path)
+    try:
+        header = nibabel.load(str(p)).header
+        expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise BraTSInputError(f"{p}: cannot be read as NIfTI ({e})") from None
+    if extension(p) == ".nii":
+        size = p.stat().st_size
+    else:
+        with open(p, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            if struct.unpack("<I", f.read(4))[0] == expected % 2**32:
+                return
+        size = _gunzipped_size(p)
+    if size < expected:
+        raise BraTSInputError(f"{p}: truncated: {size} bytes of image data where the header needs {expected}")
+
+
+def _gunzipped_size(path: Path) -> int:
+    """Decompressed size of a (possibly multi-member) gzip file; BraTSInputError if cut or corrupt."""
+    total, member, open_member = 0, zlib.decompressobj(wbits=31), False
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    total += len(member.decompress(chunk))
+                    open_member = not member.eof
+                    chunk = member.unused_data if member.eof else b""
+                    if member.eof:
+                        member = zlib.decompressobj(wbits=31)
+    except zlib.error as e:
+        raise BraTSInputError(f"{path}: corrupt gzip data ({e})") from None
+    if open_member:
+        raise BraTSInputError(f"{path}: truncated: the compressed data ends early")
+    return total
 
 
 def count_nonfinite(image: sitk.Image) -> int:
