@@ -142,8 +142,11 @@ def test_shape_errors_are_clear():
         selective_scan(t["u"], t["delta"], t["A"], torch.randn(1, 3, 2, 9), t["C"], backend="torch")
 
 
-def test_cpu_thread_parts_match_single_thread():
-    """The CPU channel split over threads gives the same numbers as one thread (grouped and not)."""
+def test_cpu_thread_parts_match_single_thread(monkeypatch):
+    """The opt-in CPU channel split over threads gives the same numbers as one thread (grouped and not)."""
+    t0 = _inputs(1, 8, 70, 3, None, torch.float32, seed=4)
+    assert len(torch_scan._parts(t0["u"], t0["B"].unsqueeze(1), t0["C"].unsqueeze(1))) == 1  # default: one part
+    monkeypatch.setenv(torch_scan.CPU_PARTS_ENV, "1")
     outs = []
     t = _inputs(1, 8, 70, 3, None, torch.float32, seed=4)
     t2 = _inputs(1, 8, 70, 3, 2, torch.float32, seed=6)

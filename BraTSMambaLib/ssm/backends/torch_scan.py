@@ -354,10 +354,12 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
 # ----------------------------------------------------------------------------------------------------------
 # CPU threading: channel parts on Python threads, each running single-threaded ATen ops
 # ----------------------------------------------------------------------------------------------------------
-# One scan is thousands of small ops; letting each of them fork/join an OpenMP team costs more than the op
-# (10x slower with 2 threads on a busy 2-core machine). Channels are independent, so the scan is split into
-# torch.get_num_threads() channel parts run on Python threads (ATen releases the GIL), and every step slice
-# is kept below ATen's parallel grain so that no op opens a parallel region of its own.
+# By default one part runs with ATen's own intra-op threads: on an idle 2-core machine that is fastest
+# (stage 0: forward 1.11 s, forward+backward 4.9 s, against 1.94 s / 8.2 s with the thread split below).
+# On an oversubscribed machine every small op forking an OpenMP team can cost 10x, so
+# BRATSMAMBA_SCAN_CPU_PARTS=1 splits the channels into torch.get_num_threads() parts on Python threads
+# (ATen releases the GIL), each step slice kept below ATen's parallel grain so no op opens a parallel region.
+CPU_PARTS_ENV = "BRATSMAMBA_SCAN_CPU_PARTS"
 
 _POOL = None
 #: per-part step slice on CPU when threads are used: below ATen's grain size (32768), so ops stay serial
@@ -375,7 +377,10 @@ def _pool(n: int):
 
 def _parts(u, B, C) -> list[tuple[int, int, int, int]]:
     """Channel parts (e0, e1, g0, g1) for the CPU threads; one part (everything) when not worth it."""
-    P = torch.get_num_threads() if u.device.type == "cpu" and not compile_enabled() else 1
+    import os
+
+    split = os.environ.get(CPU_PARTS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    P = torch.get_num_threads() if split and u.device.type == "cpu" and not compile_enabled() else 1
     E = u.shape[1]
     G = B.shape[1]
     if P <= 1 or B.shape[1] != C.shape[1] or E < 2 * P:
