@@ -240,6 +240,24 @@ def test_existing_outputs_refused_and_failed_write_leaves_nothing(model, tmp_pat
     assert res.paths["seg"].is_file()
 
 
+def test_no_output_is_in_place_until_all_are_written(model, tmp_path, monkeypatch):
+    """A process killed while writing leaves only hidden temporaries: outputs appear together at the end."""
+    folder = write_case(make_phantom(5, SHAPE), tmp_path / "in")
+    out = tmp_path / "out"
+    seen: list[list[str]] = []
+    real_overlay = O.write_overlay
+
+    def overlay_then_look(*a, **k):
+        path = real_overlay(*a, **k)
+        seen.append(sorted(p.name for p in out.iterdir()))
+        return path
+
+    monkeypatch.setattr(O, "write_overlay", overlay_then_look)
+    res = segment_case(folder, model, out, SegmentOptions(**OPTS, overlay=True))
+    assert seen and all(name.startswith(".") for name in seen[0])  # the moment a kill would hit
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in res.paths.values())
+
+
 def test_segment_command_single_case_four_files_and_evaluate(package, tmp_path, capsys):
     case = make_phantom(6, SHAPE)
     folder = write_phantom(tmp_path / "in", seed=6, shape_xyz=SHAPE)

@@ -183,34 +183,45 @@ def segment_case(
         device=_device_name(model.device),
         inputs={k: str(p) for k, p in case.paths.items()},
     )
-    written: list[Path] = []
     tell("write", stage_fraction("write"), f"{case.case_id}: writing {len(paths)} files")
-    try:
+    _write_outputs(paths, case, model, labels, regions, prob, report, timer, t_start, options)
+    return CaseResult(case.case_id, paths, report, labels, regions, prob if options.save_probabilities else None)
+
+
+def _write_outputs(paths: Mapping[str, Path], case, model: LoadedModel, labels: np.ndarray, regions: np.ndarray,
+                   prob: np.ndarray, report: dict[str, Any], timer: "_Timer", t_start: float,
+                   options: SegmentOptions) -> None:
+    """Write a case's outputs as one unit: every file goes to a hidden temporary name first, and only
+    when all are written are they renamed into place, `_volumes.json` last (it marks a complete case).
+
+    A failure removes the temporaries; a process killed while writing leaves only hidden `.tmp` files,
+    never a set of outputs that looks whole (without `_volumes.json` a case counts as unfinished).
+    """
+    import contextlib
+
+    from BraTSMambaLib.data.io import atomic_path, write_label_map
+
+    order = ["volumes", "seg", "nrrd", "probabilities", "overlay"]  # renamed in reverse: volumes.json last
+    with contextlib.ExitStack() as stack:
+        tmp = {k: stack.enter_context(atomic_path(paths[k], overwrite=options.overwrite))
+               for k in order if k in paths}
         with timer("write"):
             ref = case.reference
-            from BraTSMambaLib.data.io import write_label_map
-
-            written.append(write_label_map(labels, ref, paths["seg"], overwrite=options.overwrite))
-            written.append(O.write_seg_nrrd(regions, ref, paths["nrrd"], overwrite=options.overwrite))
-            if "probabilities" in paths:
-                written.append(O.write_probabilities(prob, ref, paths["probabilities"], overwrite=options.overwrite))
-            if "overlay" in paths:
+            write_label_map(labels, ref, tmp["seg"], overwrite=True)
+            O.write_seg_nrrd(regions, ref, tmp["nrrd"], overwrite=True)
+            if "probabilities" in tmp:
+                O.write_probabilities(prob, ref, tmp["probabilities"], overwrite=True)
+            if "overlay" in tmp:
                 import SimpleITK as sitk
 
                 flair = sitk.GetArrayViewFromImage(case.images["flair"])
-                written.append(O.write_overlay(flair, regions, spacing, paths["overlay"],
-                                               title=f"{case.case_id} - {model.package.name}",
-                                               overwrite=options.overwrite))
+                O.write_overlay(flair, regions, tuple(ref.GetSpacing()), tmp["overlay"],
+                                title=f"{case.case_id} - {model.package.name}", overwrite=True)
         times = dict(timer.times)
         times["total_excluding_io"] = round(sum(v for k, v in times.items() if k not in ("read", "write")), 4)
         times["total"] = round(time.perf_counter() - t_start, 4)
         report["timings_s"] = times
-        written.append(O.write_json(report, paths["volumes"], overwrite=options.overwrite))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    return CaseResult(case.case_id, paths, report, labels, regions, prob if options.save_probabilities else None)
+        O.write_json(report, tmp["volumes"], overwrite=True)
 
 
 def evaluate(labels: np.ndarray, case, convention: str) -> dict[str, Any]:
