@@ -6,6 +6,7 @@ under Slicer's Python, files exchanged in a temporary folder) and loads the resu
 once the process has succeeded. Everything that touches MRML without Qt is in `BraTSMambaLib.mrml`,
 where it is tested with PyPI slicer-core.
 """
+import importlib.util
 import logging
 import os
 import sys
@@ -23,10 +24,12 @@ from slicer.util import VTKObservationMixin
 
 
 def _ensureLibraryImportable() -> None:
-    """From a source checkout the library sits next to this module's folder: put it on sys.path."""
-    try:
-        import BraTSMambaLib  # noqa: F401  (installed with the extension)
-    except ImportError:
+    """From a source checkout the library sits next to this module's folder: put it on sys.path.
+
+    Only looked up, not imported: on a Python the library does not support, importing it could raise
+    a SyntaxError while Slicer loads the module; the widget says what is wrong instead.
+    """
+    if importlib.util.find_spec("BraTSMambaLib") is None:  # installed with the extension, or not
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         if os.path.isdir(os.path.join(root, "BraTSMambaLib")):
             sys.path.insert(0, root)
@@ -44,9 +47,6 @@ SAMPLE_SHA256 = {
     "t2w": "4cd389cc57d12134a30a898c66532228126b9a7d0600ee578e82a32144528b51",
     "t2f": "82aed8546af5e6d8d94fd91c56227abdcf6120130390d1556c4342a208980604",
 }
-
-DEVICES = (("Auto", "auto"), ("CUDA GPU", "cuda"), ("CPU", "cpu"), ("Apple GPU (MPS)", "mps"))
-LABEL_CONVENTIONS = (("BraTS 2021 (1, 2, 4)", "2021"), ("BraTS 2023 (1, 2, 3)", "2023"))
 
 
 #
@@ -129,23 +129,34 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._jobStart = 0.0
         self._shownLines = 0
+        self._unsupported = None
+        self._modelInfo = {}
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollJob)
 
     def setup(self) -> None:
+        from BraTSMambaUtils.choices import DEVICES, LABEL_CONVENTIONS
+        from BraTSMambaUtils.dependencies import unsupported_python
+
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/BraTSMamba.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = BraTSMambaLogic()
+        self._unsupported = unsupported_python()
+        self.ui.progressBar.visible = False
+        self.ui.volumesTableView.visible = False
 
         for title, value in DEVICES:
             self.ui.deviceComboBox.addItem(title, value)
         for title, value in LABEL_CONVENTIONS:
             self.ui.labelConventionComboBox.addItem(title, value)
-        self._fillModelChoices()
+        if self._unsupported:
+            self.ui.statusLabel.text = self._unsupported
+        else:
+            self._fillModelChoices()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -155,8 +166,8 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.autoFillButton.connect("clicked(bool)", self.onAutoFill)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self._onModelPathChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
-        self.ui.labelConventionComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._onDeviceChanged)
+        self.ui.labelConventionComboBox.connect("currentIndexChanged(int)", self._onLabelsChanged)
         self.initializeParameterNode()
         self._onModelChanged(self.ui.modelComboBox.currentIndex)
 
@@ -192,7 +203,8 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        self._fillEmptyInputs()
+        if not self._unsupported:
+            self._fillEmptyInputs()
 
     def setParameterNode(self, inputParameterNode: Optional[BraTSMambaParameterNode]) -> None:
         if self._parameterNode:
@@ -209,12 +221,13 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showModel(self, model: str) -> None:
         """Select the parameter node's model: a listed choice, else the local path."""
-        index = self.ui.modelComboBox.findData(model)
-        if index < 0 and model:
-            self.ui.modelPathLineEdit.currentPath = model
-            index = self.ui.modelComboBox.findData("<local>")
-        if index >= 0:
-            self.ui.modelComboBox.setCurrentIndex(index)
+        from BraTSMambaUtils.choices import choice_for_model
+
+        combo = self.ui.modelComboBox
+        choice, path = choice_for_model(model, [combo.itemData(i) for i in range(combo.count)])
+        if path:
+            self.ui.modelPathLineEdit.currentPath = path
+        self._selectData(combo, choice)
 
     # --- inputs and options ---------------------------------------------------------------------
 
@@ -226,6 +239,8 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 setattr(self._parameterNode, key, node)
 
     def onAutoFill(self) -> None:
+        if self._parameterNode is None or self._unsupported:
+            return
         guessed = self.logic.guessInputs()
         for key, node in guessed.items():
             setattr(self._parameterNode, key, node)
@@ -235,28 +250,34 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillModelChoices(self) -> None:
         self.ui.modelComboBox.clear()
         self._modelInfo = {}
-        for title, spec, info in self.logic.modelChoices():
-            self.ui.modelComboBox.addItem(title, spec)
-            self._modelInfo[spec] = info
-        self.ui.modelComboBox.addItem("Local package or nnU-Net folder (below)", "<local>")
-        self._modelInfo["<local>"] = "A model package folder/.zip or an nnU-Net v2 results folder trained with our trainers."
+        for title, value, info in self.logic.modelChoices():
+            self.ui.modelComboBox.addItem(title, value)
+            self._modelInfo[value] = info
 
     def _onModelChanged(self, index: int) -> None:
-        spec = self.ui.modelComboBox.itemData(index)
-        local = spec == "<local>"
-        self.ui.modelPathLineEdit.enabled = local
-        self.ui.modelInfoLabel.text = self._modelInfo.get(spec, "")
+        from BraTSMambaUtils.choices import LOCAL_CHOICE, model_argument
+
+        choice = self.ui.modelComboBox.itemData(index)
+        self.ui.modelPathLineEdit.enabled = choice == LOCAL_CHOICE
+        self.ui.modelInfoLabel.text = self._modelInfo.get(choice, "")
         if self._parameterNode:
-            self._parameterNode.model = self.ui.modelPathLineEdit.currentPath if local else (spec or "")
+            self._parameterNode.model = model_argument(choice, self.ui.modelPathLineEdit.currentPath)
 
     def _onModelPathChanged(self, path: str) -> None:
-        if self.ui.modelComboBox.currentData == "<local>" and self._parameterNode:
-            self._parameterNode.model = path
+        from BraTSMambaUtils.choices import LOCAL_CHOICE
 
-    def _onComboChanged(self, _index: int) -> None:
-        if self._parameterNode:
-            self._parameterNode.device = self.ui.deviceComboBox.currentData
-            self._parameterNode.labelConvention = self.ui.labelConventionComboBox.currentData
+        combo = self.ui.modelComboBox
+        if self._parameterNode and combo.itemData(combo.currentIndex) == LOCAL_CHOICE:
+            self._parameterNode.model = path.strip()
+
+    def _onDeviceChanged(self, index: int) -> None:
+        # one parameter per combo: showing a stored node selects the combos one by one
+        if self._parameterNode and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def _onLabelsChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.labelConvention = self.ui.labelConventionComboBox.itemData(index)
 
     @staticmethod
     def _selectData(combo, value) -> None:
@@ -276,9 +297,9 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         missing = [k for k in ("t1", "t1ce", "t2", "flair") if p is None or getattr(p, k) is None]
         self.ui.applyButton.text = "Segment"
-        self.ui.applyButton.enabled = not missing
-        self.ui.applyButton.toolTip = ("Segment the tumour in a background process." if not missing
-                                       else f"Select the input volumes: {', '.join(missing)}.")
+        self.ui.applyButton.enabled = not missing and not self._unsupported
+        self.ui.applyButton.toolTip = (self._unsupported or ("Segment the tumour in a background process."
+                                       if not missing else f"Select the input volumes: {', '.join(missing)}."))
 
     # --- running --------------------------------------------------------------------------------
 
@@ -313,7 +334,11 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is None:
             self._timer.stop()
             return
-        done = self._job.poll()
+        try:
+            done = self._job.poll()
+        except Exception as e:  # a timer callback that raised would raise again every tick
+            self._job.abort(f"Segmentation failed: {e}")
+            done = True
         self._showNewLogLines(self._job)
         progress = self._job.progress
         self.ui.progressBar.value = int(round(100 * progress.fraction))
@@ -335,7 +360,7 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is not None:
             self._showNewLogLines(job)
             if job.error:
-                if job.process and job.process.cancelled:
+                if job.cancelled:
                     self.ui.statusLabel.text = "Cancelled; the scene was not changed."
                 else:
                     self._showError(job.error)
@@ -370,35 +395,15 @@ class BraTSMambaLogic(ScriptedLoadableModuleLogic):
 
     def guessInputs(self) -> dict:
         """Volume nodes for each modality, matched by BraTS naming of the node names."""
-        from BraTSMambaLib.mrml import guess_modalities
+        from BraTSMambaLib.mrml import guess_volume_nodes
 
-        nodes = {n.GetName(): n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                 if not n.IsA("vtkMRMLLabelMapVolumeNode")}
-        return {key: nodes[name] for key, name in guess_modalities(list(nodes)).items()}
+        return guess_volume_nodes(slicer.mrmlScene)
 
     def modelChoices(self) -> list:
-        """(title, --model value, what it needs) for the bundled demo and the catalogue models."""
-        from BraTSMambaLib.inference import catalogue
+        """(title, combo value, what it needs): demo, catalogue models, local path (BraTSMambaUtils.choices)."""
+        from BraTSMambaUtils.choices import model_choices
 
-        choices = []
-        demo = catalogue.demo_package_path()
-        choices.append(("Demo model (bundled)", "",
-                        f"Bundled with the extension: {demo}" if demo else
-                        "The demo package is not bundled in this build: choose another model."))
-        try:
-            entries = catalogue.load_catalogue()
-        except Exception as e:  # a broken catalogue must not break the module
-            logging.warning(f"BraTSMamba: model catalogue unreadable: {e}")
-            entries = {}
-        for name, entry in sorted(entries.items()):
-            if name == catalogue.DEMO_MODEL:
-                continue
-            cached = (catalogue.cache_dir() / "downloads" / f"{entry.sha256}.zip").exists() if entry.sha256 else False
-            needs = "cached" if cached or entry.path else (
-                f"downloads {entry.size / 1e6:.0f} MB once" if entry.size else "downloads once")
-            network = f"{entry.network}; " if entry.network else ""
-            choices.append((f"{name} ({needs})", name, f"{network}{entry.description}".strip()))
-        return choices
+        return model_choices()
 
     def ensureDependencies(self, ask: bool = True) -> bool:
         from BraTSMambaUtils.dependencies import ensure_dependencies
@@ -411,6 +416,11 @@ class BraTSMambaLogic(ScriptedLoadableModuleLogic):
 
     def startSegmentation(self, parameterNode: BraTSMambaParameterNode, **overrides):
         """Validate the inputs, write them to a temporary folder and launch the CLI; returns the job."""
+        from BraTSMambaUtils.dependencies import unsupported_python
+
+        problem = unsupported_python()
+        if problem:
+            raise RuntimeError(problem)
         from BraTSMambaLib.mrml.job import SegmentJob
 
         p = parameterNode

@@ -197,6 +197,7 @@ def test_failed_job_shows_the_log_and_changes_nothing(oblique_phantom, tmp_path)
     assert not job.wait(timeout=120)
     assert "exit status 2" in job.error and "no-such-package" in job.error
     assert _node_count(scene) == before and job.segmentation is None
+    assert not job.cancelled  # the widget shows the error, not "Cancelled"
 
 
 def test_cancel_kills_the_cli_and_changes_nothing(oblique_phantom, tiny_package):
@@ -210,11 +211,28 @@ def test_cancel_kills_the_cli_and_changes_nothing(oblique_phantom, tiny_package)
     time.sleep(1.0)
     pid = job.process.pid
     job.cancel()
-    assert job.done and job.error == "Cancelled." and job.segmentation is None
+    assert job.done and job.cancelled and job.error == "Cancelled." and job.segmentation is None
     assert _node_count(scene) == before and not job.workdir.exists()
     with pytest.raises(ProcessLookupError):
         import os
 
+        os.kill(pid, 0)
+
+
+def test_abort_stops_the_cli_and_records_the_reason(oblique_phantom, tiny_package):
+    """What the widget does when polling itself raised: kill, record the reason, clean up, not 'cancelled'."""
+    import os
+
+    scene = mrml.new_scene()
+    nodes = {m: mrml.load_volume(scene, p) for m, p in oblique_phantom.items()}
+    before = _node_count(scene)
+    job = SegmentJob(scene, nodes, model=str(tiny_package), device="cpu", fast=True)
+    job.start()
+    pid = job.process.pid
+    job.abort("Segmentation failed: poll raised")
+    assert job.done and not job.cancelled and job.error == "Segmentation failed: poll raised"
+    assert job.poll() and _node_count(scene) == before and not job.workdir.exists()
+    with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
 
 

@@ -1,10 +1,11 @@
 """Install what the BraTSMamba CLI needs into Slicer's Python, on first use and only after asking.
 
-torch goes through the PyTorch extension (it picks the CUDA build that fits the GPU driver); the
-rest are the library's own `[project.dependencies]` from pyproject.toml (shipped beside BraTSMambaLib,
-the one list of what the library needs), installed through pip with the installed torch pinned by a
-constraints file so that no dependency swaps it for a CPU-only wheel. numpy and SimpleITK ship with
-Slicer and are left alone.
+torch goes through the PyTorch extension (PyTorchUtils picks the CUDA build that fits the GPU
+driver); the rest are the library's own `[project.dependencies]` from pyproject.toml (shipped beside
+BraTSMambaLib, the one list of what the library needs), installed through `slicer.util.pip_install`
+with a constraints file that pins the installed torch, numpy and SimpleITK, so that no dependency
+swaps Slicer's own builds (or the CUDA torch) for other wheels. `requires-python` of the same file
+decides whether this Slicer's Python can run the library at all.
 """
 from __future__ import annotations
 
@@ -75,6 +76,26 @@ def missing_requirements(path: Path | None = None) -> list[str]:
     return missing
 
 
+def unsupported_python(path: Path | None = None, version: str | None = None) -> str | None:
+    """A one-line reason when this Python (or `version`) is outside pyproject's `requires-python`, else None.
+
+    Slicer 5.8 and older ship Python 3.9; the library needs what pyproject.toml says.
+    """
+    import platform
+
+    from packaging.specifiers import SpecifierSet
+
+    text = (path or pyproject_path()).read_text(encoding="utf-8")
+    m = re.search(r'^requires-python\s*=\s*"([^"]+)"', text, re.M)
+    if not m:
+        return None
+    version = version or platform.python_version()
+    if SpecifierSet(m.group(1)).contains(version, prereleases=True):
+        return None
+    return (f"BraTSMamba needs Python {m.group(1)}, and this Slicer runs Python {version}: "
+            "use Slicer 5.10 or later (Python 3.12).")
+
+
 def torch_ready() -> bool:
     try:
         importlib.metadata.version("torch")
@@ -108,7 +129,7 @@ def ensure_dependencies(ask: bool = True) -> bool:
             "BraTSMamba needs these Python packages, which will now be downloaded and installed into Slicer "
             "(this may take several minutes):\n\n" + "\n".join(missing), "BraTSMamba: install packages"):
         return False
-    constraints = _torch_constraints()
+    constraints = _write_constraints()
     try:
         _pip_install(missing, constraints)
     except Exception as e:
@@ -134,27 +155,54 @@ def _torch_requirement() -> str:
     return ""
 
 
-def _pip_install(specs: list[str], constraints: str | None) -> None:
-    """pip install through Slicer: `slicer.packaging` (newer Slicer, takes `constraints=`) or `slicer.util`."""
+def pip_call(specs: list[str], constraints: str | None):
+    """(function, args, kwargs) that install `specs` under `constraints` with this Slicer's installer.
+
+    Three generations exist: `slicer.packaging.pip_install(args, interactive=...)` (uv-based, asks
+    again unless interactive=False; Base/Python/slicer/packaging/installer.py),
+    `slicer.util.pip_install(requirements, constraints=..., requester=...)` (slicer.pydeps, 5.11+), and
+    `slicer.util.pip_install(requirements)` taking a string or a list (older). The user has already
+    been asked, so no second confirmation is requested.
+    """
     import inspect
 
     import slicer
 
+    cflags = ["-c", constraints] if constraints else []
     packaging = getattr(slicer, "packaging", None)
     install = getattr(packaging, "pip_install", None)
-    if install is not None and "constraints" in inspect.signature(install).parameters:
-        install(specs, constraints=constraints) if constraints else install(specs)
-    else:
-        slicer.util.pip_install((["-c", constraints] if constraints else []) + specs)
+    if install is not None and "interactive" in inspect.signature(install).parameters:
+        return install, (cflags + list(specs),), {"interactive": False}
+    install = slicer.util.pip_install
+    params = inspect.signature(install).parameters
+    if constraints and "constraints" in params:
+        extra = {"requester": "BraTSMamba"} if "requester" in params else {}
+        return install, (list(specs),), {"constraints": constraints, **extra}
+    return install, (cflags + list(specs),), {}
 
 
-def _torch_constraints() -> str | None:
-    """A constraints file pinning the installed torch (and its CUDA build tag), or None without torch."""
-    try:
-        version = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
+def _pip_install(specs: list[str], constraints: str | None) -> None:
+    function, args, kwargs = pip_call(specs, constraints)
+    function(*args, **kwargs)
+
+
+def pinned_constraints() -> str:
+    """Constraints-file text pinning the installed torch, numpy and SimpleITK (those not found are left out)."""
+    lines = []
+    for dist in ("torch", "numpy", "SimpleITK"):
+        try:
+            lines.append(f"{dist}=={importlib.metadata.version(dist)}\n")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "".join(lines)
+
+
+def _write_constraints() -> str | None:
+    """`pinned_constraints()` in a temporary file (its path), or None when nothing is installed to pin."""
+    text = pinned_constraints()
+    if not text:
         return None
     fd, path = tempfile.mkstemp(prefix="brats-mamba-constraints-", suffix=".txt")
     with os.fdopen(fd, "w") as f:
-        f.write(f"torch=={version}\n")
+        f.write(text)
     return path

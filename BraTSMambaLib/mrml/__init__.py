@@ -4,7 +4,7 @@ Volume nodes (RAS, IJK-to-RAS matrix) become the library's `BraTSCase` (SimpleIT
 region predictions become a segmentation node with three overlapping segments WT, TC, ET.
 Importing this package does not import `slicer`; the functions do, when called.
 """
-from BraTSMambaLib.mrml.case import case_from_volume_nodes, guess_modalities
+from BraTSMambaLib.mrml.case import case_from_volume_nodes, guess_modalities, guess_volume_nodes
 from BraTSMambaLib.mrml.pipeline import segment_volume_nodes, segmentation_from_files
 from BraTSMambaLib.mrml.scene import load_volume, new_scene, save_node
 from BraTSMambaLib.mrml.segmentation import (
@@ -19,6 +19,7 @@ from BraTSMambaLib.mrml.segmentation import (
 __all__ = [
     "case_from_volume_nodes",
     "guess_modalities",
+    "guess_volume_nodes",
     "labelmap_from_prediction",
     "load_volume",
     "new_scene",

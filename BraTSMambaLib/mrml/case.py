@@ -29,6 +29,20 @@ def guess_modalities(names: Iterable[str]) -> dict[str, str]:
     return max(by_case.values(), key=len)
 
 
+def guess_volume_nodes(scene) -> dict[str, object]:
+    """Scalar volume nodes of `scene` for each modality, matched by BraTS naming of the node names.
+
+    What the module's four input selectors are filled with: label-map volumes are never inputs, and
+    the first node with a matching name wins (see `guess_modalities`).
+    """
+    by_name: dict[str, object] = {}
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetName():
+            by_name.setdefault(node.GetName(), node)
+    return {key: by_name[name] for key, name in guess_modalities(list(by_name)).items()}
+
+
 def case_from_volume_nodes(nodes: Mapping[str, object], case_id: str | None = None):
     """The library's `BraTSCase` from four scalar volume nodes keyed by modality (t1, t1ce, t2, flair).
 

@@ -81,6 +81,7 @@ class SegmentJob:
     workdir: Path | None = None
     case_id: str = "case"
     done: bool = False
+    cancelled: bool = False            # cancel() was called (by the user, or on a timeout)
 
     def command(self, inputs: Mapping[str, Path], out_dir: Path) -> list[str]:
         """The CLI call: `python -m BraTSMambaLib.cli segment --t1 F ... -o OUT [--model M] --device D [--fast]`."""
@@ -146,8 +147,17 @@ class SegmentJob:
     def cancel(self) -> None:
         """Kill the CLI and everything it started; nothing is added to the scene."""
         if self.process is not None and not self.done:
+            self.cancelled = True
             self.process.cancel()
             self.poll()
+
+    def abort(self, reason: str) -> None:
+        """Stop the job after an error outside the process (kill it, record `reason`, clean up)."""
+        if self.process is not None and not self.process.finished:
+            self.process.cancel()
+        self.error = self.error or reason
+        self.done = True
+        self._cleanup()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (scripts, tests); True on success."""
