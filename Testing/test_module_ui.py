@@ -174,3 +174,20 @@ def test_widget_members_table_covers_the_ui_classes():
     assert set(widgets.values()) <= set(CLASSES)
     text = UI.read_text()
     assert not re.search(r"<enum>(?!Qt::|QPlainTextEdit::)", text)
+
+
+#: ctkPathLineEdit::Filter (CTK Libs/Widgets/ctkPathLineEdit.h)
+PATH_FILTERS = {"Dirs", "Files", "Drives", "NoSymLinks", "AllEntries", "TypeMask", "Readable", "Writable",
+                "Executable", "PermissionMask", "Modified", "Hidden", "System", "AccessMask", "AllDirs",
+                "CaseSensitive", "NoDotAndDotDot", "NoDot", "NoDotDot", "NoFilter"}
+
+
+def test_model_path_browse_button_picks_folders():
+    """With `Files` set, ctkPathLineEdit::browse() opens a file dialog, where package and nnU-Net result
+    folders cannot be chosen (ctkPathLineEdit.h, browse())."""
+    tree, widgets = _ui()
+    edit = next(w for w in tree.iter("widget") if w.get("name") == "modelPathLineEdit")
+    flags = next(p for p in edit.findall("property") if p.get("name") == "filters").findtext("set").split("|")
+    names = {f.split("::")[1] for f in flags}
+    assert all(f.startswith("ctkPathLineEdit::") for f in flags) and names <= PATH_FILTERS
+    assert "Dirs" in names and "Files" not in names

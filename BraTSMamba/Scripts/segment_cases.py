@@ -1,8 +1,9 @@
 """Segment one BraTS case folder, or every case below a folder, through MRML nodes; write <case>.seg.nrrd.
 
-Inside Slicer, without a window:
+Inside Slicer, without a window (Slicer hands the arguments after the script to it in sys.argv, as
+SlicerRT's BatchProcessing scripts rely on; a leading "--" is accepted too):
 
-    Slicer --no-main-window --python-script BraTSMamba/Scripts/segment_cases.py -- --input DIR --output DIR
+    Slicer --no-main-window --python-script BraTSMamba/Scripts/segment_cases.py --input DIR --output DIR
 
 or in plain Python with PyPI slicer-core (same code path, no Slicer application):
 
@@ -25,12 +26,16 @@ from pathlib import Path
 
 
 def _ensure_library_importable() -> None:
-    try:
-        import BraTSMambaLib  # noqa: F401
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
+    """Source checkout: the library is two folders up; installed extension: beside the Scripts folder."""
+    import importlib.util
+
+    if importlib.util.find_spec("BraTSMambaLib") is not None:
+        return
+    here = Path(__file__).resolve()
+    for root in (here.parents[2], here.parents[1]):
         if (root / "BraTSMambaLib").is_dir():
             sys.path.insert(0, str(root))
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +73,11 @@ def segment_cases(args: argparse.Namespace, scene=None) -> int:
         print(f"model {model.package.name} on {model.device} loaded in {time.perf_counter() - t0:.1f} s", flush=True)
     except BraTSInputError as e:
         print(f"segment_cases: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # in Slicer: the packages the module installs on first use are missing
+        print(f"segment_cases: error: {e}. Install the dependencies first: open the BraTS Mamba module and "
+              "press Segment once (it offers to install them), or run PythonSlicer -m pip install the "
+              "packages listed in pyproject.toml.", file=sys.stderr)
         return 2
     scene = scene if scene is not None else mrml.new_scene()
     failed = []
