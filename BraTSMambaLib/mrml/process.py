@@ -29,8 +29,9 @@ from BraTSMambaLib.progress import (PROGRESS_PREFIX, STAGES, Progress, format_pr
 def kill_process_tree(pid: int, *, grace_s: float = 2.0, root_alive: Callable[[], bool] | None = None) -> None:
     """Stop a process and every process it started: the process group on POSIX, taskkill /T on Windows.
 
-    Descendants are found with psutil when it is installed (Slicer ships it), which also catches
-    children that left the group. `root_alive` tells whether `pid` still runs when the caller is its
+    Descendants are found with psutil when it is importable (SlicerMONAIAuto3DSeg relies on it inside
+    Slicer, since killing PythonSlicer alone "would only stop the launcher"), which also catches
+    children that left the group; without it the process group (POSIX) or taskkill /T (Windows) does. `root_alive` tells whether `pid` still runs when the caller is its
     parent (an unreaped child looks alive to signals; Popen.poll() knows better).
     """
     def alive(p: int) -> bool:
