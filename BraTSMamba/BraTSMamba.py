@@ -6,6 +6,7 @@ under Slicer's Python, files exchanged in a temporary folder) and loads the resu
 once the process has succeeded. Everything that touches MRML without Qt is in `BraTSMambaLib.mrml`,
 where it is tested with PyPI slicer-core.
 """
+import html
 import importlib.util
 import logging
 import os
@@ -376,7 +377,7 @@ class BraTSMambaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showError(self, message: str) -> None:
         """The error in the status line, the whole log expanded below it."""
         first = message.strip().splitlines()[0] if message.strip() else "Segmentation failed."
-        self.ui.statusLabel.text = f"<span style='color:#c00'>{first}</span>"
+        self.ui.statusLabel.text = f"<span style='color:#c00'>{html.escape(first)}</span>"  # rich text: escape <, &
         self.ui.logTextEdit.appendPlainText(message)
         self.ui.logCollapsibleButton.collapsed = False
         logging.error(message)
@@ -447,7 +448,8 @@ class BraTSMambaLogic(ScriptedLoadableModuleLogic):
             display.SetVisibility(True)
             display.SetVisibility3D(True)
         reference = job.nodes["t1ce"]
-        slicer.util.setSliceViewerLayers(background=reference, label=job.labelmap_node or "keep-current", fit=True)
+        label = job.labelmap_node if job.labelmap_node is not None else "keep-current"
+        slicer.util.setSliceViewerLayers(background=reference, label=label, fit=True)
 
 
 #
