@@ -9,6 +9,7 @@ decides whether this Slicer's Python can run the library at all.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import re
@@ -137,6 +138,7 @@ def ensure_dependencies(ask: bool = True) -> bool:
     finally:
         if constraints:
             os.unlink(constraints)
+    importlib.invalidate_caches()  # pip ran in another process: let this one see the new distributions
     still = missing_requirements()
     if still:
         raise DependencyError(f"After installing, still missing: {', '.join(still)}.\n"
