@@ -173,3 +173,46 @@ def write_split(preprocessed_dataset_dir: PathLike, train: Sequence[str], val: S
     path = Path(preprocessed_dataset_dir) / "splits_final.json"
     return atomic_write_text(path, json.dumps([{"train": sorted(train), "val": sorted(val)}], indent=2),
                              overwrite=True)
+
+
+def export_brats_cases(raw_dataset: PathLike, out: PathLike, cases: Sequence[str]) -> list[Path]:
+    """Write cases of an nnU-Net raw dataset back as BraTS 2021-named folders (labels 1, 2, 4), e.g.
+    held-out validation cases for `brats-mamba compare --test-cases`; returns the case folders."""
+    import SimpleITK as sitk
+
+    from BraTSMambaLib.data.io import write_image
+
+    raw, out = Path(raw_dataset), Path(out)
+    naming, nn = C.NAMINGS["brats2021"], C.NAMINGS["nnunet"]
+    written = []
+    for case in cases:
+        src = {m: raw / "imagesTr" / nn.filename(case, m) for m in C.MODALITIES}
+        src["seg"] = raw / "labelsTr" / f"{case}.nii.gz"
+        missing = [str(p) for p in src.values() if not p.is_file()]
+        if missing:
+            raise BraTSInputError(f"{raw}: case {case} lacks {', '.join(missing)}")
+        folder = out / case
+        folder.mkdir(parents=True, exist_ok=True)
+        for m in C.MODALITIES:
+            shutil.copyfile(src[m], folder / naming.filename(case, m))
+        seg = sitk.ReadImage(str(src["seg"]))
+        arr = C.convert_labels(sitk.GetArrayFromImage(seg), "nnunet", "2021")
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(seg)
+        write_image(img, folder / naming.filename(case, "seg"), overwrite=True)
+        written.append(folder)
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="nnU-Net raw dataset cases -> BraTS 2021-named case folders")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="write CASES of RAW_DATASET as BraTS folders under OUT")
+    e.add_argument("raw_dataset")
+    e.add_argument("out")
+    e.add_argument("cases", nargs="+")
+    args = p.parse_args()
+    for folder in export_brats_cases(args.raw_dataset, args.out, args.cases):
+        print(folder)

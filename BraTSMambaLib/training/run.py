@@ -27,6 +27,7 @@ class TrainSettings:
     weight_decay: float | None = None
     deep_supervision: bool | None = None
     time_budget_s: float | None = None
+    end_by: float | None = None
     save_every: int | None = None
 
     def environment(self) -> dict[str, str]:
@@ -86,22 +87,52 @@ def train(dataset: int | str, model: str, fold: int | str = 0, *, plans: str = D
 
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-    from nnunetv2.run.run_training import run_training as nnunet_run_training
 
     if num_gpus > 1:
         if dev.type != "cuda" or torch.cuda.device_count() < num_gpus:
             raise BraTSInputError(f"--num-gpus {num_gpus}: needs {num_gpus} CUDA devices, "
                                   f"{torch.cuda.device_count()} visible")
-        nnunet_run_training(name, CONFIGURATION, fold_arg, tr_name, plans, num_gpus=num_gpus,
-                            continue_training=continue_training, device=dev)
+        import torch.multiprocessing as mp
+        from nnunetv2.run.run_training import find_free_network_port
+
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
+        mp.spawn(_ddp_worker, args=(num_gpus, name, fold_arg, tr_name, plans, continue_training, validate),
+                 nprocs=num_gpus, join=True)
         out = Path(os.environ["nnUNet_results"]) / name / f"{tr_name}__{plans}__{CONFIGURATION}"
         return out / f"fold_{fold_arg}"
     trainer = get_trainer_from_args(name, CONFIGURATION, fold_arg, tr_name, plans, continue_training, device=dev)
     maybe_load_checkpoint(trainer, continue_training, False)
-    if dev.type == "cuda":
+    _run(trainer, validate)
+    return Path(trainer.output_folder)
+
+
+def _run(trainer, validate: bool) -> None:
+    """Train, then nnU-Net's full-case validation unless `validate` is False (as nnU-Net's entry point)."""
+    import torch
+
+    if trainer.device.type == "cuda":
+        torch.set_num_threads(1)  # nnUNetv2_train does this: CPU threads do not help a GPU run's main process
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
     trainer.run_training()
     if validate:
         trainer.perform_actual_validation(False)
-    return Path(trainer.output_folder)
+
+
+def _ddp_worker(rank: int, world_size: int, name: str, fold: int | str, tr_name: str, plans: str,
+                continue_training: bool, validate: bool) -> None:
+    """One process of a DDP run: nnU-Net's `run_ddp`, except that `validate=False` skips the full-case
+    validation (nnU-Net's always runs it) and the main process keeps one CPU thread."""
+    import torch
+    import torch.distributed as dist
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    dist.init_process_group("nccl", rank=rank, world_size=world_size)
+    try:
+        torch.cuda.set_device(torch.device("cuda", rank))
+        trainer = get_trainer_from_args(name, CONFIGURATION, fold, tr_name, plans, continue_training)
+        maybe_load_checkpoint(trainer, continue_training, False)
+        _run(trainer, validate)
+    finally:
+        dist.destroy_process_group()

@@ -20,7 +20,8 @@ What it changes against nnU-Net's `nnUNetTrainer` (2.8.1), and why:
 Settings come from environment variables, read when the trainer is created (so the stock
 `nnUNetv2_train` command takes them too): BRATSMAMBA_EPOCHS, BRATSMAMBA_ITERS (training iterations
 per epoch), BRATSMAMBA_VAL_ITERS, BRATSMAMBA_LR, BRATSMAMBA_ADAM_EPS, BRATSMAMBA_WEIGHT_DECAY,
-BRATSMAMBA_DEEP_SUPERVISION (0/1), BRATSMAMBA_TIME_BUDGET_S, BRATSMAMBA_SAVE_EVERY.
+BRATSMAMBA_DEEP_SUPERVISION (0/1), BRATSMAMBA_TIME_BUDGET_S, BRATSMAMBA_END_BY (Unix time by which the
+last epoch must end), BRATSMAMBA_SAVE_EVERY.
 """
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
         self.model_has_ds_heads = nets.get_spec(self.MODEL).supports_deep_supervision if self.MODEL else True
         self.enable_deep_supervision = _env("DEEP_SUPERVISION", _flag, self.model_has_ds_heads)
         self.time_budget_s = _env("TIME_BUDGET_S", float, 0.0)
+        self.end_by = _env("END_BY", float, 0.0)
         self.save_every = _env("SAVE_EVERY", int, 1)
         self.amp_dtype = self._pick_amp_dtype()
         if self.amp_dtype != torch.float16:
@@ -252,19 +254,32 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
     def _apply_time_budget(self, epoch_s: float) -> None:
         """Fit the epoch count (and the LR schedule) to the budget, re-estimated after every epoch.
 
-        The first epoch of a process carries start-up costs (workers, cuDNN autotuning), so later
-        epochs are timed without it; the count may grow back up to the configured number.
+        Two limits, either optional: `time_budget_s` of epoch time, and `end_by`, a wall-clock time
+        (Unix seconds) by which the last epoch must have ended. The first epoch of a process carries
+        start-up costs (workers, cuDNN autotuning), so later epochs are timed without it; the count
+        may grow back up to the configured number. Under DDP every rank takes the smallest count
+        any rank computed, so all ranks stop after the same epoch (a rank that stopped alone would
+        leave the others waiting in a collective).
         """
-        if self.time_budget_s <= 0:
+        if self.time_budget_s <= 0 and self.end_by <= 0:
             return
         self._epoch_times.append(epoch_s)
-        typical = float(np.median(self._epoch_times[1:] or self._epoch_times))
-        remaining = self.time_budget_s - self._train_seconds
-        fit = self.current_epoch + 1 + int(max(0.0, remaining) // max(typical, 1e-6))
-        fit = min(fit, self._max_epochs)
+        typical = max(float(np.median(self._epoch_times[1:] or self._epoch_times)), 1e-6)
+        fit = self._max_epochs
+        remaining = None
+        if self.time_budget_s > 0:
+            remaining = self.time_budget_s - self._train_seconds
+            fit = min(fit, self.current_epoch + 1 + int(max(0.0, remaining) // typical))
+        if self.end_by > 0:
+            left = self.end_by - time.time()
+            remaining = left if remaining is None else min(remaining, left)
+            fit = min(fit, self.current_epoch + 1 + int(max(0.0, left) // typical))
+        fit = agree_min(fit, self.device)
         if fit != self.num_epochs:
-            self.print_to_log_file(f"time budget {self.time_budget_s:.0f} s: {fit} epochs fit "
-                                   f"(typical epoch {typical:.1f} s, {remaining:.0f} s left)")
+            self.print_to_log_file(f"time limit: {fit} epochs fit (typical epoch {typical:.1f} s, {remaining:.0f} s "
+                                   f"left; budget {self.time_budget_s:.0f} s of epoch time"
+                                   + (f", end by {time.strftime('%H:%M:%S', time.gmtime(self.end_by))} UTC)"
+                                      if self.end_by > 0 else ")"))
             self.num_epochs = fit
             self.lr_scheduler.max_steps = fit
 
@@ -315,6 +330,18 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
             if recs:
                 plot_progress(recs, os.path.join(self.output_folder, "progress.png"),
                               title=f"{type(self).__name__} fold {self.fold}")
+
+
+def agree_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over all DDP ranks (the value itself outside DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return int(value)
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(value)], dtype=torch.int64, device=on)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def _f(v) -> float | None:
