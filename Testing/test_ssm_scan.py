@@ -9,11 +9,14 @@ from BraTSMambaLib.ssm import selective_scan
 from BraTSMambaLib.ssm.backends import torch_scan
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Tiny chunks and blocks so that short sequences cross many chunk and block boundaries."""
+@pytest.fixture(params=["step", "block"])
+def small_blocks(monkeypatch, request):
+    """Tiny chunks and blocks so that short sequences cross many chunk and block boundaries; the forward
+    in both schedules (CPU's per-step one and the accelerators' whole-block one)."""
+    monkeypatch.setenv(torch_scan.MODE_ENV, request.param)
     monkeypatch.setattr(torch_scan, "CHUNK", 4)
     monkeypatch.setattr(torch_scan, "STEP_ELEMENTS", 2 * 6 * 3 * 3)
+    monkeypatch.setattr(torch_scan, "BLOCK_ELEMENTS_CPU", 2 * 6 * 3 * 3 * 4 * 3)
 
 
 def _inputs(b, E, L, N, groups, dtype, seed=0, with_z=True, with_D=True, with_bias=True):
@@ -82,7 +85,8 @@ def test_torch_matches_reference_fp32(small_blocks, L, groups, with_z, with_D, w
 def test_torch_default_chunk_several_blocks(monkeypatch):
     """Production chunk length over several blocks and a tail (few chunks per block to keep L short)."""
     monkeypatch.setattr(torch_scan, "STEP_ELEMENTS", 4 * 4 * 3)
-    L = torch_scan._block_len(1, 4, 4, 10 ** 9) * 2 + 45
+    monkeypatch.setattr(torch_scan, "BLOCK_ELEMENTS_CPU", 4 * 4 * 3 * 32)
+    L = torch_scan._segments(1, 4, 4, 10 ** 9, torch.device("cpu"), "step")[0][1] * 2 + 45
     assert torch_scan.CHUNK == 32 and L == 237
     t = _inputs(1, 4, L, 4, None, torch.float32, seed=3)
     y, h = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True,

@@ -3,6 +3,7 @@
   python benchmarks/scan.py                              # auto device; CPU: batch 1, GPU: batch 2
   python benchmarks/scan.py --device cpu --threads 1 --stages 0 1
   python benchmarks/scan.py --device cuda --json out.json
+  python benchmarks/scan.py --device cuda --stages 0 --torch-sweep chunk=16 chunk=32,block=268435456
 
 Shapes (E, L), N = 16: stage 0 (96, 64^3), 1 (192, 32^3), 2 (384, 16^3), 3 (768, 8^3); inputs as a Mamba layer
 passes them (z, D, delta_bias from mamba's dt initialisation, delta_softplus, A = -(1..N)).
@@ -18,6 +19,10 @@ such rows are marked "~" with the L actually run.
 Memory: CUDA = peak allocated during the call above what was allocated before; CPU = peak resident set
 size above the level before the first call, sampled every 2 ms (Linux /proc; elsewhere ru_maxrss), each
 CPU measurement in a fresh process so that memory kept by the C allocator from earlier runs hides nothing.
+
+--torch-sweep adds one torch-backend row per setting, each a comma-separated list of key=value with keys
+chunk, step, block, mode, carry (the BRATSMAMBA_SCAN_TORCH_* variables of docs/ssm.md), set for that row's
+calls only: several settings are compared in one process (one device call).
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ class Candidate:
     fn: Callable[..., torch.Tensor]
     #: state elements (batch * E * L * N) above which the candidate runs at a shorter L and is extrapolated
     max_state_elements: int | None = None
+    #: run in this process even on CPU (candidates a fresh process could not rebuild by name)
+    in_process: bool = False
 
 
 @dataclass
@@ -76,6 +83,35 @@ _EXTRA: list[Candidate] = []
 def register(name: str, fn: Callable[..., torch.Tensor], max_state_elements: int | None = None) -> None:
     """Add a candidate scan fn(u, delta, A, B, C, D, z, delta_bias) -> y to every run."""
     _EXTRA.append(Candidate(name, fn, max_state_elements))
+
+
+SWEEP_KEYS = {"chunk": "BRATSMAMBA_SCAN_TORCH_CHUNK", "step": "BRATSMAMBA_SCAN_TORCH_STEP",
+              "block": "BRATSMAMBA_SCAN_TORCH_BLOCK", "mode": "BRATSMAMBA_SCAN_TORCH_MODE",
+              "carry": "BRATSMAMBA_SCAN_TORCH_CARRY"}
+
+
+def torch_setting(spec: str) -> Candidate:
+    """A torch-backend candidate run with the BRATSMAMBA_SCAN_TORCH_* variables of `spec` ("chunk=16,mode=block")."""
+    env = {}
+    for item in filter(None, spec.split(",")):
+        key, _, val = item.partition("=")
+        if key.strip() not in SWEEP_KEYS or not val.strip():
+            raise SystemExit(f"--torch-sweep {spec!r}: expected key=value with keys {', '.join(SWEEP_KEYS)}")
+        env[SWEEP_KEYS[key.strip()]] = val.strip()
+    inner = _ours("torch")
+
+    def fn(*args, **kw):
+        saved = {k: os.environ.get(k) for k in SWEEP_KEYS.values()}
+        os.environ.update(env)
+        try:
+            return inner(*args, **kw)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return Candidate(f"torch[{spec}]", fn, in_process=True)
 
 
 def _ours(name: str) -> Callable[..., torch.Tensor]:
@@ -253,7 +289,7 @@ def _bench_in_child(name: str, stage: int, b: int, E: int, L: int, device: str, 
 
 def _run(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch.device, dtype: torch.dtype,
          repeats: int, backward: bool, threads: int | None, include_ref: bool) -> Row:
-    if device.type != "cpu" or cand in _EXTRA:
+    if device.type != "cpu" or cand in _EXTRA or cand.in_process:
         return bench_one(cand, stage, b, E, L, device, dtype, repeats, backward)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -298,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default: 10 CUDA, 1 CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     p.add_argument("--no-backward", action="store_true", help="forward only")
+    p.add_argument("--torch-sweep", nargs="+", default=[], metavar="SETTING",
+                   help="extra torch-backend rows, each e.g. chunk=16,step=4194304,block=268435456,mode=block,carry=8")
     p.add_argument("--baseline", default=None, help="ratio column reference (default: mamba_ssm on CUDA, else torch)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)
@@ -310,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     repeats = args.repeats or (10 if device.type == "cuda" else 1)
     include_ref = args.reference == "yes" or (args.reference == "auto" and device.type == "cpu")
-    cands = candidates(device, args.backends, include_ref)
+    cands = candidates(device, args.backends, include_ref) + [torch_setting(x) for x in args.torch_sweep]
     names = [c.name for c in cands]
     baseline = args.baseline or ("mamba_ssm" if "mamba_ssm" in names else "torch")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"

@@ -1,38 +1,67 @@
 """Pure-PyTorch selective scan for any device (CPU, CUDA, MPS): chunked, two-pass, memory-bounded.
 
 The recurrence h_t = a_t h_{t-1} + x_t (a_t = exp(dt_t A), x_t = dt_t u_t B_t) has a (batch, E, L, N)
-state - 400 M floats at SegMamba's stage 0 - so it is never held for the whole sequence. The sequence is
-cut into blocks and a block into m chunks of c positions. One Python step advances all m chunks of the
-block by one position, so a block costs c steps on (batch, E, m, N) slices that stay in cache:
+state - 400 M floats at SegMamba's stage 0 - so it is never held for the whole sequence at once unless the
+device has the memory for it. The sequence is cut into blocks and a block into m chunks of c positions;
+every chunk of a block advances by one position per Python step:
 
   pass 1  every chunk from a zero state -> its end state e_k;
   carry   s_{k+1} = exp(A * sum of dt over chunk k) * s_k + e_k  (the true state entering each chunk);
-  pass 2  every chunk again from its true initial state, contracting with C on the way (y_t = C_t . h_t).
+  pass 2  every chunk again from its true initial state, contracting with C (y_t = C_t . h_t).
 
-Only decays exp(dt A) <= 1 and their products appear, never inverses, so nothing overflows whatever dt
-and A are. The backward pass (a custom autograd.Function) walks the blocks in reverse from the saved
-block-initial states: it recomputes the block's states (pass 1, carry, pass 2 keeping the block's states),
-then runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} with the same two passes (reverse chunk carries)
-and accumulates every gradient step by step. Memory stays O(block), never O(L * N).
+Two schedules of the same arithmetic:
+
+* "step" (CPU forward): per position, ops on one (b, G, m, N, H) slice that stays in the L2 cache; the
+  decays are computed per step, twice (recomputing is cheaper than a round trip through memory).
+* "block" (accelerators, and every backward): whole-block tensors (c, b, G, m, N, H) for the decays a and
+  the inputs x, computed by one op each; pass 2 overwrites x with the states in place (one addcmul per
+  position) and y is one batched matmul. Few kernel launches: about 2c + carries per block, and on a
+  large GPU the whole sequence is one block (sized from the free device memory).
+
+Layouts: per-position tensors are (c, b, G, m, K) ("step-major": position j of every chunk is one
+contiguous slice), states (b, G, m, N, H) with the channel axis H innermost. exp(dt A) is evaluated as
+exp2(dt * A log2 e) (the same value; ATen's vectorised exp2 is ~4x faster than its exp on x86 CPUs).
+
+Only decays exp(dt A) <= 1 and their products appear, never inverses, so nothing overflows whatever dt and
+A are. The backward pass (a custom autograd.Function) walks the blocks in reverse from the saved
+block-initial states: it recomputes the block's states, runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}
+with the same two passes (chunk carries right to left) and forms every gradient with whole-block ops.
+
+Tunables (module attributes, overridable by environment variables read at every call; see docs/ssm.md):
+BRATSMAMBA_SCAN_TORCH_CHUNK, _STEP, _BLOCK, _MODE, _CARRY.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
 NAME = "torch"
 
-#: Chunk length: positions covered by one block's Python step loop.
+#: Chunk length c: positions covered by one block's Python step loop.
 CHUNK = 32
-#: Target size (elements) of one step's state slice (batch * E * chunks per block * N); sets the block length.
-#: CPU: fits L2. GPUs: large, so that each op fills the device and few ops are launched per sequence
-#: (the backward keeps CHUNK slices of states per block: 2^22 floats x 32 = 512 MB there).
+#: "step" schedule (CPU): elements of one step slice (b * E * chunks per block * N); sized to fit L2.
 STEP_ELEMENTS = 1 << 18
-STEP_ELEMENTS_ACCEL = 1 << 22
-#: Chunk carries are propagated sequentially up to this many chunks, hierarchically above.
-CARRY_SEQUENTIAL = 64
+#: "block" schedule on the CPU (the backward): elements of one whole-block tensor (c * step slice).
+BLOCK_ELEMENTS_CPU = 1 << 22
+#: "block" schedule on accelerators: at most this many elements per block tensor, and at most a fraction
+#: of the free device memory (ACCEL_MEMORY_FRACTION / ACCEL_BUFFERS per buffer).
+BLOCK_ELEMENTS_ACCEL = 1 << 30
+ACCEL_MEMORY_FRACTION = 0.5
+ACCEL_BUFFERS = 5
+#: chunk carries: sequential up to this many chunks, otherwise groups of CARRY_GROUP recursively
+CARRY_SEQUENTIAL = 16
+CARRY_GROUP = 8
+
+LOG2E = 1.4426950408889634
+
+CHUNK_ENV = "BRATSMAMBA_SCAN_TORCH_CHUNK"
+STEP_ENV = "BRATSMAMBA_SCAN_TORCH_STEP"
+BLOCK_ENV = "BRATSMAMBA_SCAN_TORCH_BLOCK"
+MODE_ENV = "BRATSMAMBA_SCAN_TORCH_MODE"
+CARRY_ENV = "BRATSMAMBA_SCAN_TORCH_CARRY"
 
 
 def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -40,19 +69,82 @@ def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
     return True, "pure PyTorch (chunked two-pass scan), any device"
 
 
-def _block_len(b: int, E: int, N: int, L: int, device: torch.device | None = None) -> int:
-    """Positions per block: CHUNK times the number of chunks whose step slice fits STEP_ELEMENTS."""
-    step = STEP_ELEMENTS if device is None or device.type == "cpu" else STEP_ELEMENTS_ACCEL
-    return max(1, min(L, CHUNK * max(1, step // max(1, b * E * N))))
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return default
+    try:
+        n = int(float(v)) if "e" in v.lower() else int(v, 0)
+    except ValueError:
+        raise ValueError(f"{name}={v!r}: expected a positive integer (e.g. 32, 4194304 or 0x400000)") from None
+    if n < 1:
+        raise ValueError(f"{name}={v!r}: expected a positive integer")
+    return n
 
 
-def _segments(b: int, E: int, N: int, L: int, device: torch.device | None = None) -> list[tuple[int, int, int]]:
+def chunk_len() -> int:
+    """Chunk length c (BRATSMAMBA_SCAN_TORCH_CHUNK, else CHUNK)."""
+    return _env_int(CHUNK_ENV, CHUNK)
+
+
+def forward_mode(device: torch.device) -> str:
+    """'step' or 'block' schedule of the forward (BRATSMAMBA_SCAN_TORCH_MODE; default step on CPU)."""
+    v = os.environ.get(MODE_ENV, "").strip().lower()
+    if v in ("step", "block"):
+        return v
+    if v:
+        raise ValueError(f"{MODE_ENV}={v!r}: expected 'step' or 'block'")
+    return "step" if device.type == "cpu" else "block"
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        if device.type == "mps":
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    except Exception:
+        return None
+    return None
+
+
+_STEP_CAP: int | None = None          # set while CPU thread parts run (serial slices below ATen's grain)
+
+
+def _step_elements(device: torch.device) -> int:
+    n = _env_int(STEP_ENV, STEP_ELEMENTS)
+    return min(n, _STEP_CAP) if _STEP_CAP else n
+
+
+def _block_elements(device: torch.device) -> int:
+    """Elements of one whole-block tensor in the block schedule."""
+    if device.type == "cpu":
+        n = _env_int(BLOCK_ENV, BLOCK_ELEMENTS_CPU)
+        return min(n, _STEP_CAP * 8) if _STEP_CAP else n
+    if os.environ.get(BLOCK_ENV, "").strip():
+        return _env_int(BLOCK_ENV, BLOCK_ELEMENTS_ACCEL)
+    if os.environ.get(STEP_ENV, "").strip():
+        return _env_int(STEP_ENV, 1) * chunk_len()
+    n = BLOCK_ELEMENTS_ACCEL if device.type != "mps" else min(BLOCK_ELEMENTS_ACCEL, 1 << 28)
+    free = _free_bytes(device)
+    if free:
+        n = min(n, int(free * ACCEL_MEMORY_FRACTION / (4 * ACCEL_BUFFERS)))
+    return max(1, n)
+
+
+def _segments(b: int, E: int, N: int, L: int, device: torch.device, mode: str) -> list[tuple[int, int, int]]:
     """(start, end, chunk) pieces of the sequence: blocks of whole chunks, each block's remainder on its own."""
+    c0 = chunk_len()
+    row = max(1, b * E * N)
+    if mode == "step":
+        chunks = max(1, _step_elements(device) // row)
+    else:
+        chunks = max(1, _block_elements(device) // (row * c0))
+    blk = max(1, min(L, c0 * chunks))
     out = []
-    blk = _block_len(b, E, N, L, device)
     for s in range(0, L, blk):
         e = min(s + blk, L)
-        c = min(CHUNK, e - s)
+        c = min(c0, e - s)
         main = s + (e - s) // c * c
         out.append((s, main, c))
         if main < e:
@@ -61,37 +153,34 @@ def _segments(b: int, E: int, N: int, L: int, device: torch.device | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
-# optional torch.compile of the forward's two chunk passes (BRATSMAMBA_SCAN_COMPILE=1)
+# optional torch.compile of the step forward's two chunk passes (BRATSMAMBA_SCAN_COMPILE=1)
 # ----------------------------------------------------------------------------------------------------------
-# Inductor fuses a pass's c steps into one loop over the (b, G, m, H, N) slice that keeps the state in
-# registers: about 3x less time than the eager step loop on a CPU. Compiling takes a minute or two per
-# shape (cached by torch afterwards), needs a C++ compiler, and is therefore opt-in; any failure turns it
-# off for the process with one warning and the eager loop runs instead.
+# Inductor fuses a pass's c steps into one loop over the (b, G, m, N, H) slice that keeps the state in
+# registers. Compiling takes a minute or two per shape (cached by torch afterwards), needs a C++ compiler,
+# and is therefore opt-in; any failure turns it off for the process with one warning.
 
 COMPILE_ENV = "BRATSMAMBA_SCAN_COMPILE"
 _compiled: dict[str, object] = {}
 _compile_broken = False
 
 
-def _ends_fn(dt5, du5, B5, A5):
+def _ends_fn(dt5, du5, B5, A2):
     e = None
-    for j in range(dt5.shape[3]):
-        x = du5[:, :, :, j, :, None] * B5[:, :, :, j, None, :]
-        e = x if e is None else torch.exp(dt5[:, :, :, j, :, None] * A5) * e + x
+    for j in range(dt5.shape[0]):
+        x = du5[j].unsqueeze(-2) * B5[j].unsqueeze(-1)
+        e = x if e is None else torch.exp2(dt5[j].unsqueeze(-2) * A2) * e + x
     return e
 
 
-def _pass2_fn(dt5, du5, B5, C5, A5, h):
+def _pass2_fn(dt5, du5, B5, C5, A2, h):
     ys = []
-    for j in range(dt5.shape[3]):
-        h = torch.exp(dt5[:, :, :, j, :, None] * A5) * h + du5[:, :, :, j, :, None] * B5[:, :, :, j, None, :]
-        ys.append((h * C5[:, :, :, j, None, :]).sum(-1))
-    return torch.stack(ys, 3), h
+    for j in range(dt5.shape[0]):
+        h = torch.exp2(dt5[j].unsqueeze(-2) * A2) * h + du5[j].unsqueeze(-2) * B5[j].unsqueeze(-1)
+        ys.append((h * C5[j].unsqueeze(-1)).sum(-2))
+    return torch.stack(ys, 0), h
 
 
 def compile_enabled() -> bool:
-    import os
-
     return not _compile_broken and os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -113,68 +202,71 @@ def _try_compiled(name: str, fn, *args):
         return None
 
 
-def _carries(S: torch.Tensor, A5: torch.Tensor, e: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------------------------
+# chunk carries
+# ----------------------------------------------------------------------------------------------------------
+
+def _carries(S: torch.Tensor, A2: torch.Tensor, e: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
     """States entering each of m chunks: s_0 = s0, s_{k+1} = exp(S_k A) s_k + e_k.
 
-    S (b, G, m, H) sums of dt per chunk, A5 (1, G, 1, H, N), e (b, G, m, H, N) chunk ends from a zero
-    state, s0 (b, G, H, N). Sequential for few chunks; otherwise the same two-level scheme once more
-    (groups of chunks scanned side by side, group carries by recursion), so the number of Python steps
-    grows like sqrt(m), not m.
+    S (b, G, m, H) sums of dt per chunk, A2 (1, G, 1, N, H) = A log2(e), e (b, G, m, N, H) chunk ends from
+    a zero state (overwritten), s0 (b, G, N, H). Sequential for few chunks; otherwise groups of CARRY_GROUP chunks are
+    scanned side by side (in place, from zero), the group carries by recursion, and each chunk gets its
+    group's carry times the closed-form decay exp(A * cumulative dt): launches grow like log(m).
     """
-    b, G, m, H, N = e.shape
+    b, G, m, N, H = e.shape
     if m <= CARRY_SEQUENTIAL:
-        whole = torch.exp(S.unsqueeze(-1) * A5)
+        whole = torch.exp2(S.unsqueeze(-2) * A2)
         out = torch.empty_like(e)
         s = s0
         for k in range(m):
             out[:, :, k] = s
-            s = torch.addcmul(e[:, :, k], whole[:, :, k], s)
+            if k + 1 < m:
+                s = torch.addcmul(e[:, :, k], whole[:, :, k], s)
         return out
-    m2 = math.isqrt(m)
-    m1 = -(-m // m2)
-    pad = m1 * m2 - m
+    g = max(2, _env_int(CARRY_ENV, CARRY_GROUP))
+    m1 = -(-m // g)
+    pad = m1 * g - m
     if pad:
         S = torch.cat([S, S.new_zeros(b, G, pad, H)], 2)
-        e = torch.cat([e, e.new_zeros(b, G, pad, H, N)], 2)
-    S6 = S.reshape(b, G, m1, m2, H)
-    e6 = e.reshape(b, G, m1, m2, H, N)
-    A6 = A5.unsqueeze(2)
-    W6 = torch.exp(S6.unsqueeze(-1) * A6)
-    after = torch.empty_like(e6)
-    after[:, :, :, 0] = e6[:, :, :, 0]
-    for j in range(1, m2):
-        torch.addcmul(e6[:, :, :, j], W6[:, :, :, j], after[:, :, :, j - 1], out=after[:, :, :, j])
-    g_in = _carries(S6.sum(3), A5, after[:, :, :, -1].contiguous(), s0)
-    after.addcmul_(torch.exp(S6.cumsum(3).unsqueeze(-1) * A6), g_in.unsqueeze(3))
-    flat = after.reshape(b, G, m1 * m2, H, N)
-    out = torch.empty(b, G, m, H, N, dtype=e.dtype, device=e.device)
+        e = torch.cat([e, e.new_zeros(b, G, pad, N, H)], 2)
+    S6 = S.reshape(b, G, m1, g, H)
+    A6 = A2.unsqueeze(2)
+    W6 = torch.exp2(S6.unsqueeze(-2) * A6)                  # (b, G, m1, g, N, H)
+    after = e.reshape(b, G, m1, g, N, H)                    # e (contiguous) is overwritten
+    for j in range(1, g):
+        after[:, :, :, j].addcmul_(W6[:, :, :, j], after[:, :, :, j - 1])
+    g_in = _carries(S6.sum(3), A2, after[:, :, :, -1].contiguous(), s0)          # (b, G, m1, N, H)
+    after.addcmul_(torch.exp2(S6.cumsum(3).unsqueeze(-2) * A6), g_in.unsqueeze(3))
+    flat = after.reshape(b, G, m1 * g, N, H)
+    out = torch.empty(b, G, m, N, H, dtype=e.dtype, device=e.device)
     out[:, :, 0] = s0
     out[:, :, 1:] = flat[:, :, :m - 1]
     return out
 
 
-def _dt(delta: torch.Tensor, delta_bias, softplus: bool, need_sigmoid: bool
-        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """dt = softplus(delta + bias) (or delta + bias) in float32, and softplus' = sigmoid for the backward."""
-    dt = delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float().unsqueeze(-1)
-    if softplus:
-        return F.softplus(dt), (torch.sigmoid(dt) if need_sigmoid else None)
-    return dt, None
+# ----------------------------------------------------------------------------------------------------------
+# layouts and segment inputs
+# ----------------------------------------------------------------------------------------------------------
+
+def _view5(t: torch.Tensor, G: int, m: int, c: int) -> torch.Tensor:
+    """(b, G*K, m*c) or (b, G, K, m*c) -> strided view (c, b, G, m, K) (no copy: writes reach t)."""
+    b = t.shape[0]
+    return t.view(b, G, -1, m, c).permute(4, 0, 1, 3, 2)
 
 
 def _layout(t: torch.Tensor, G: int, m: int, c: int) -> torch.Tensor:
-    """(b, G*K, m*c) or (b, G, K, m*c) -> contiguous float32 (b, G, m, c, K): one (b, G, m, K) slice per
-    step j, all chunks of the block side by side."""
+    """Contiguous float32 (c, b, G, m, K): position j of every chunk is the contiguous slice [j]."""
     b = t.shape[0]
-    return t.float().reshape(b, G, -1, m, c).permute(0, 1, 3, 4, 2).contiguous()
+    v = t.reshape(b, G, -1, m, c).permute(4, 0, 1, 3, 2)
+    out = torch.empty(v.shape, dtype=torch.float32, device=t.device)
+    return out.copy_(v)
 
 
 def _unlayout(t5: torch.Tensor) -> torch.Tensor:
-    """Inverse of `_layout` for (b, G, m, c, K) -> (b, G, K, m*c)."""
-    b, G, m, c, K = t5.shape
-    return t5.permute(0, 1, 4, 2, 3).reshape(b, G, K, m * c)
+    """Inverse of `_layout`: (c, b, G, m, K) -> (b, G, K, m*c) (a copy)."""
+    c, b, G, m, K = t5.shape
+    return t5.permute(1, 2, 4, 3, 0).reshape(b, G, K, m * c)
 
 
 def _groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -185,141 +277,196 @@ def _groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return B.repeat_interleave(G // B.shape[1], 1), C.repeat_interleave(G // C.shape[1], 1), G
 
 
+def _bmm_rows(R: int, *ts):
+    return [t.reshape(R, *t.shape[-2:]) for t in ts]
+
+
 class _Seg:
-    """One segment's inputs in step layout: dt5, du5 (= dt*u) (b, G, m, c, H); B5, C5 (b, G, m, c, N)."""
+    """One segment's inputs in step-major layout: dt5, du5, u5 (c, b, G, m, H); B5, C5 (c, b, G, m, N);
+    A2 (1, G, 1, N, H) = A * log2(e)."""
 
     def __init__(self, u, delta, B, C, delta_bias, softplus, A, s, e, c, backward=False):
         b, E, _ = u.shape
         Bs, Cs, G = _groups(B[..., s:e], C[..., s:e])
-        self.G, self.H, self.N, self.m, self.c = G, E // G, A.shape[1], (e - s) // c, c
-        dt, self.sig = _dt(delta[..., s:e], delta_bias, softplus, backward)
-        self.u32 = u[..., s:e].float()
-        self.dt = dt
-        self.dt5 = _layout(dt, G, self.m, c)
-        self.du5 = _layout(dt * self.u32, G, self.m, c)
-        self.B5 = _layout(Bs, G, self.m, c)
-        self.C5 = _layout(Cs, G, self.m, c)
-        self.A5 = A.float().view(1, G, 1, self.H, self.N)
+        self.b, self.G, self.H, self.N, self.m, self.c = b, G, E // G, A.shape[1], (e - s) // c, c
+        self.R = c * b * G * self.m
+        H, m = self.H, self.m
+        dt5 = _layout(delta[..., s:e], G, m, c)
+        if delta_bias is not None:
+            dt5.add_(delta_bias.float().view(1, 1, G, 1, H))
+        self.sig = None
+        if softplus:
+            if backward:
+                self.sig = torch.sigmoid(dt5)
+            dt5 = F.softplus(dt5)
+        self.dt5 = dt5
+        self.u5 = _layout(u[..., s:e], G, m, c)
+        self.du5 = dt5 * self.u5
+        self.B5 = _layout(Bs, G, m, c)
+        self.C5 = _layout(Cs, G, m, c)
+        self.A2 = (A.float() * LOG2E).view(G, H, self.N).transpose(1, 2).reshape(1, G, 1, self.N, H)
 
+    # --- step schedule ---------------------------------------------------------------------------------
     def decay(self, j: int, out: torch.Tensor) -> torch.Tensor:
-        torch.mul(self.dt5[:, :, :, j, :, None], self.A5, out=out)
-        return out.exp_()
+        torch.mul(self.dt5[j].unsqueeze(-2), self.A2, out=out)
+        return out.exp2_()
 
-    def chunk_starts(self, h_in: torch.Tensor) -> torch.Tensor:
-        """True state entering every chunk (b, G, m, H, N), from the state h_in (b, E, N) entering the segment."""
-        b = h_in.shape[0]
-        G, H, N, m = self.G, self.H, self.N, self.m
+    def chunk_sums(self) -> torch.Tensor:
+        return self.dt5.sum(0)
+
+    def starts_step(self, h_in: torch.Tensor) -> torch.Tensor:
+        """True state entering every chunk (b, G, m, N, H), from h_in (b, G, N, H), per-step decays."""
+        b, G, H, N, m = self.b, self.G, self.H, self.N, self.m
         if m == 1:
-            return h_in.reshape(b, G, 1, H, N).clone()
-        e = _try_compiled("ends", _ends_fn, self.dt5, self.du5, self.B5, self.A5)
+            return h_in.reshape(b, G, 1, N, H).clone()
+        e = _try_compiled("ends", _ends_fn, self.dt5, self.du5, self.B5, self.A2)
         if e is None:
-            e = self.dt5.new_zeros(b, G, m, H, N)
+            e = torch.mul(self.du5[0].unsqueeze(-2), self.B5[0].unsqueeze(-1))
             a = torch.empty_like(e)
-            for j in range(self.c):                                         # pass 1: zero-state chunk ends
-                e.mul_(self.decay(j, a)).addcmul_(self.du5[:, :, :, j, :, None], self.B5[:, :, :, j, None, :])
-        return _carries(self.dt5.sum(3), self.A5, e, h_in.reshape(b, G, H, N))
+            for j in range(1, self.c):                                      # pass 1: zero-state chunk ends
+                e.mul_(self.decay(j, a)).addcmul_(self.du5[j].unsqueeze(-2), self.B5[j].unsqueeze(-1))
+        return _carries(self.chunk_sums(), self.A2, e, h_in)
+
+    def forward_step(self, h_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y5 (c, b, G, m, H) and the state after the segment (b, G, N, H), step schedule."""
+        hc = self.starts_step(h_in)
+        res = _try_compiled("pass2", _pass2_fn, self.dt5, self.du5, self.B5, self.C5, self.A2, hc) \
+            if self.m > 1 else None
+        if res is not None:
+            y5, hc = res
+        else:
+            y5 = self.dt5.new_empty(self.dt5.shape)
+            a = torch.empty_like(hc)
+            R = self.b * self.G * self.m
+            hv = hc.view(R, self.N, self.H)
+            for j in range(self.c):                                         # pass 2: states and y = C . h
+                hc.mul_(self.decay(j, a)).addcmul_(self.du5[j].unsqueeze(-2), self.B5[j].unsqueeze(-1))
+                torch.bmm(self.C5[j].reshape(R, 1, self.N), hv, out=y5[j].view(R, 1, self.H))
+        return y5, hc[:, :, -1]
+
+    # --- block schedule ----------------------------------------------------------------------------------
+    def decays(self) -> torch.Tensor:
+        """a = exp(dt A) for the whole block, (c, b, G, m, N, H)."""
+        a = torch.mul(self.dt5.unsqueeze(-2), self.A2)
+        return a.exp2_()
+
+    def inputs(self) -> torch.Tensor:
+        """x = dt u B for the whole block, (c, b, G, m, N, H)."""
+        return torch.mul(self.du5.unsqueeze(-2), self.B5.unsqueeze(-1))
+
+    def states_block(self, a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
+        """Overwrite x with the states h_t of the block (pass 1, carries, pass 2 in place); returns the
+        states entering the chunks (b, G, m, N, H)."""
+        b, G, H, N, m = self.b, self.G, self.H, self.N, self.m
+        if m == 1:
+            hc = h_in.reshape(b, G, 1, N, H)
+        else:
+            e = x[0].clone()
+            for j in range(1, self.c):                                      # pass 1: zero-state chunk ends
+                torch.addcmul(x[j], a[j], e, out=e)
+            hc = _carries(self.chunk_sums(), self.A2, e, h_in)
+        x[0].addcmul_(a[0], hc)
+        for j in range(1, self.c):                                          # pass 2: the states, in place
+            x[j].addcmul_(a[j], x[j - 1])
+        return hc
+
+    def contract_C(self, hs: torch.Tensor) -> torch.Tensor:
+        """y5 = C . h for every position, (c, b, G, m, H): one batched matmul."""
+        Cv, hv = _bmm_rows(self.R, self.C5.unsqueeze(-2), hs)
+        return torch.bmm(Cv, hv).view(self.dt5.shape)
+
+    def forward_block(self, h_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.inputs()
+        self.states_block(self.decays(), x, h_in)
+        return self.contract_C(x), x[-1][:, :, -1]
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus):
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, for_backward=False):
+    """Output, last state and the states entering each segment (saved for the backward, whose segments
+    are the block schedule's: with `for_backward` the forward uses those boundaries whatever its mode)."""
     b, E, L = u.shape
     N = A.shape[1]
-    out = torch.empty_like(u)
-    segs = _segments(b, E, N, L, u.device)
+    out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    mode = forward_mode(u.device)
+    segs = _segments(b, E, N, L, u.device, "block" if for_backward else mode)
     states = torch.empty(max(1, len(segs)), b, E, N, dtype=torch.float32, device=u.device)
     h = torch.zeros(b, E, N, dtype=torch.float32, device=u.device)
     for i, (s, e, c) in enumerate(segs):
         states[i] = h
         sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c)
-        hc = sg.chunk_starts(h)
-        res = _try_compiled("pass2", _pass2_fn, sg.dt5, sg.du5, sg.B5, sg.C5, sg.A5, hc) if sg.m > 1 else None
-        if res is not None:
-            y5, hc = res
-        else:
-            y5 = sg.dt5.new_empty(sg.dt5.shape)
-            a = torch.empty_like(hc)
-            for j in range(c):                                              # pass 2: states and y = C . h
-                hc.mul_(sg.decay(j, a)).addcmul_(sg.du5[:, :, :, j, :, None], sg.B5[:, :, :, j, None, :])
-                y5[:, :, :, j] = torch.einsum("bgmhn,bgmn->bgmh", hc, sg.C5[:, :, :, j])
-        h = hc[:, :, -1].reshape(b, E, N)
-        y = _unlayout(y5).reshape(b, E, e - s)
+        G, H = sg.G, sg.H
+        h_in = h.view(b, G, H, N).transpose(2, 3)
+        y5, hl = sg.forward_step(h_in) if mode == "step" else sg.forward_block(h_in)
+        h = hl.transpose(2, 3).reshape(b, E, N)
         if D is not None:
-            y.addcmul_(sg.u32, D.float().unsqueeze(-1))
+            y5.addcmul_(sg.u5, D.float().view(1, 1, G, 1, H))
         if z is not None:
-            y.mul_(F.silu(z[..., s:e].float()))
-        out[..., s:e] = y
+            y5.mul_(F.silu(z[..., s:e].reshape(b, G, H, sg.m, c).permute(4, 0, 1, 3, 2).float()))
+        _view5(out[..., s:e], G, sg.m, c).copy_(y5)
     return out, h, states
 
 
 def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e):
-    """Gradients of one segment; returns the adjoint carry a_s g_s flowing into the previous segment."""
-    b = dout.shape[0]
-    G, H, N, m, c = sg.G, sg.H, sg.N, sg.m, sg.c
+    """Gradients of one segment (block schedule); returns the adjoint carry a_s g_s (b, E, N) flowing into
+    the previous segment."""
+    b, G, H, N, m, c, R = sg.b, sg.G, sg.H, sg.N, sg.m, sg.c, sg.R
     E = G * H
-    # states of the segment, kept: hs[:, :, :, j] = h at position j of every chunk
-    h0 = sg.chunk_starts(h_in)
-    hs = sg.dt5.new_empty(b, G, m, c, H, N)
-    a = torch.empty_like(h0)
-    prev = h0
-    for j in range(c):
-        torch.addcmul(sg.du5[:, :, :, j, :, None] * sg.B5[:, :, :, j, None, :], sg.decay(j, a), prev,
-                      out=hs[:, :, :, j])
-        prev = hs[:, :, :, j]
-    dy = dout[..., s:e].float()
+    a = sg.decays()
+    hs = sg.inputs()
+    hc = sg.states_block(a, hs, h_in.view(b, G, H, N).transpose(2, 3))   # hs: states of every position
+    dy5 = _layout(dout[..., s:e], G, m, c)
     if z is not None:
-        z32 = z[..., s:e].float()
-        y5 = torch.matmul(hs, sg.C5.unsqueeze(-1)).squeeze(-1)             # (b, G, m, c, H)
-        y = _unlayout(y5).reshape(b, E, e - s)
+        z5 = _layout(z[..., s:e], G, m, c)
+        y5 = sg.contract_C(hs)
         if D32 is not None:
-            y.addcmul_(sg.u32, D32.unsqueeze(-1))
-        zs = torch.sigmoid(z32)
-        grads["z"][..., s:e] = dout[..., s:e].float() * y * zs * (1 + z32 * (1 - zs))
-        dy = dy * z32 * zs
-    dy5 = _layout(dy, G, m, c)
-    # adjoint pass 1: zero carry at every chunk end -> what each chunk sends left (a_start g_start)
-    inc = torch.zeros_like(h0)
+            y5.addcmul_(sg.u5, D32.view(1, 1, G, 1, H))
+        zs = torch.sigmoid(z5)
+        dz5 = y5.mul_(dy5).mul_(zs).mul_(z5.mul(1 - zs).add_(1))
+        _view5(grads["z"][..., s:e], G, m, c).copy_(dz5)
+        dy5.mul_(z5.mul_(zs))
+    # adjoint: gbuf = C dy, then g_t = C_t dy_t + a_{t+1} g_{t+1} within chunks (pass 1 zero carry, carries
+    # right to left, pass 2 in place)
+    gbuf = torch.mul(sg.C5.unsqueeze(-1), dy5.unsqueeze(-2))
+    gcv = gc.view(b, G, H, N).transpose(2, 3)
     if m > 1:
-        g = torch.empty_like(h0)
-        for j in range(c - 1, -1, -1):
-            torch.addcmul(inc, sg.C5[:, :, :, j, None, :], dy5[:, :, :, j, :, None], out=g)
-            torch.mul(g, sg.decay(j, a), out=inc)
-        # right-to-left carries: the forward recurrence on the chunk axis reversed
-        inc = _carries(sg.dt5.sum(3).flip(2), sg.A5, inc.flip(2), gc.reshape(b, G, H, N)).flip(2)
+        inc = gbuf[c - 1].clone()
+        for j in range(c - 2, -1, -1):
+            torch.addcmul(gbuf[j], a[j + 1], inc, out=inc)
+        inc.mul_(a[0])                                                       # what each chunk sends left
+        r = _carries(sg.chunk_sums().flip(2), sg.A2, inc.flip(2), gcv).flip(2)
     else:
-        inc = gc.reshape(b, G, 1, H, N).clone()
-    # adjoint pass 2 with the true carries, accumulating the gradients step by step
-    gB5 = torch.empty_like(sg.dt5)
-    ddtA5 = torch.empty_like(sg.dt5)
-    dB5 = torch.empty_like(sg.B5)
-    dC5 = torch.empty_like(sg.C5)
-    dA_acc = torch.zeros_like(h0)
-    g = torch.empty_like(h0)
-    q = torch.empty_like(h0)
-    for j in range(c - 1, -1, -1):
-        torch.addcmul(inc, sg.C5[:, :, :, j, None, :], dy5[:, :, :, j, :, None], out=g)
-        torch.mul(g, sg.decay(j, a), out=inc)                               # a_j g_j: carried to j-1
-        torch.mul(inc, hs[:, :, :, j - 1] if j else h0, out=q)             # q_j = g_j a_j h_{j-1}
-        dA_acc.addcmul_(q, sg.dt5[:, :, :, j, :, None])
-        ddtA5[:, :, :, j] = torch.einsum("bgmhn,ghn->bgmh", q, sg.A5[0, :, 0])
-        gB5[:, :, :, j] = torch.einsum("bgmhn,bgmn->bgmh", g, sg.B5[:, :, :, j])
-        dB5[:, :, :, j] = torch.einsum("bgmh,bgmhn->bgmn", sg.du5[:, :, :, j], g)
-        dC5[:, :, :, j] = torch.einsum("bgmh,bgmhn->bgmn", dy5[:, :, :, j], hs[:, :, :, j])
-    grads["A"] += dA_acc.sum((0, 2)).reshape(E, N)
-    gB = _unlayout(gB5).reshape(b, E, e - s)
-    du = gB * sg.dt
-    ddt = _unlayout(ddtA5).reshape(b, E, e - s).addcmul_(gB, sg.u32)
+        r = gcv.reshape(b, G, 1, N, H)
+    gbuf[c - 1].add_(r)
+    for j in range(c - 2, -1, -1):
+        gbuf[j].addcmul_(a[j + 1], gbuf[j + 1])
+    g_out = (a[0][:, :, 0] * gbuf[0][:, :, 0]).transpose(2, 3).reshape(b, E, N)
+    # contractions over N or H: one batched matmul each
+    gv, hv = _bmm_rows(R, gbuf, hs)
+    gB5 = torch.bmm(sg.B5.reshape(R, 1, N), gv).view(sg.dt5.shape)                 # sum_n B g
+    dB5 = torch.bmm(gv, sg.du5.reshape(R, H, 1)).view(sg.B5.shape)                 # sum_h g du
+    dC5 = torch.bmm(hv, dy5.reshape(R, H, 1)).view(sg.C5.shape)                    # sum_h h dy
+    # q_t = g_t a_t h_{t-1} (into a)
+    a.mul_(gbuf)
+    a[1:].mul_(hs[:-1])
+    a[0].mul_(hc)
+    qA = torch.mul(a, sg.A2, out=gbuf)
+    ddt5 = qA.sum(-2).mul_(math.log(2.0))                                              # sum_n q A
+    a.mul_(sg.dt5.unsqueeze(-2))
+    grads["A"] += a.sum((0, 1, 3)).transpose(1, 2).reshape(E, N)                    # sum q dt
+    ddt5.addcmul_(gB5, sg.u5)
+    du5 = gB5.mul_(sg.dt5)
     if D32 is not None:
-        du.addcmul_(dy, D32.unsqueeze(-1))
-        grads["D"] += (dy * sg.u32).sum((0, 2))
+        du5.addcmul_(dy5, D32.view(1, 1, G, 1, H))
+        grads["D"] += (dy5 * sg.u5).sum((0, 1, 3)).reshape(E)
     if sg.sig is not None:
-        ddt.mul_(sg.sig)
-    grads["u"][..., s:e] = du
-    grads["delta"][..., s:e] = ddt
+        ddt5.mul_(sg.sig)
     if grads.get("delta_bias") is not None:
-        grads["delta_bias"] += ddt.sum((0, 2))
-    grads["B"][..., s:e] = _unlayout(dB5)
-    grads["C"][..., s:e] = _unlayout(dC5)
-    # carry into the previous segment: a_s g_s of the segment's first position, chunk 0
-    return inc[:, :, 0].reshape(b, E, N)
+        grads["delta_bias"] += ddt5.sum((0, 1, 3)).reshape(E)
+    _view5(grads["u"][..., s:e], G, m, c).copy_(du5)
+    _view5(grads["delta"][..., s:e], G, m, c).copy_(ddt5)
+    _view5(grads["B"][..., s:e], G, m, c).copy_(dB5)
+    _view5(grads["C"][..., s:e], G, m, c).copy_(dC5)
+    return g_out
 
 
 def _fold_groups(g: torch.Tensor, G: int) -> torch.Tensor:
@@ -341,9 +488,9 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
              "delta_bias": torch.zeros(E, **f32) if delta_bias is not None else None}
     D32 = D.float() if D is not None else None
     gc = dlast.float() if dlast is not None else torch.zeros(b, E, N, **f32)
-    segs = _segments(b, E, N, L, u.device)
-    for i in range(len(segs) - 1, -1, -1):
-        s, e, c = segs[i]
+    bwd = _segments(b, E, N, L, u.device, "block")
+    for i in range(len(bwd) - 1, -1, -1):
+        s, e, c = bwd[i]
         sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c, backward=True)
         gc = _segment_backward(sg, states[i], dout, z, D32, gc, grads, s, e)
     grads["B"] = _fold_groups(grads["B"], B.shape[1])
@@ -354,8 +501,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
 # ----------------------------------------------------------------------------------------------------------
 # CPU threading: channel parts on Python threads, each running single-threaded ATen ops
 # ----------------------------------------------------------------------------------------------------------
-# By default one part runs with ATen's own intra-op threads: on an idle 2-core machine that is fastest
-# (stage 0: forward 1.11 s, forward+backward 4.9 s, against 1.94 s / 8.2 s with the thread split below).
+# By default one part runs with ATen's own intra-op threads: on an idle 2-core machine that is fastest.
 # On an oversubscribed machine every small op forking an OpenMP team can cost 10x, so
 # BRATSMAMBA_SCAN_CPU_PARTS=1 splits the channels into torch.get_num_threads() parts on Python threads
 # (ATen releases the GIL), each step slice kept below ATen's parallel grain so no op opens a parallel region.
@@ -377,8 +523,6 @@ def _pool(n: int):
 
 def _parts(u, B, C) -> list[tuple[int, int, int, int]]:
     """Channel parts (e0, e1, g0, g1) for the CPU threads; one part (everything) when not worth it."""
-    import os
-
     split = os.environ.get(CPU_PARTS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     P = torch.get_num_threads() if split and u.device.type == "cpu" and not compile_enabled() else 1
     E = u.shape[1]
@@ -397,19 +541,18 @@ def _parts(u, B, C) -> list[tuple[int, int, int, int]]:
 def _run_parts(fn, parts):
     if len(parts) == 1:
         return [fn(*parts[0])]
-    global STEP_ELEMENTS
-    saved = STEP_ELEMENTS
+    global _STEP_CAP
 
     def serial(*part):
         torch.set_num_threads(1)          # this worker thread only runs serial ops (per-thread OpenMP setting)
         with torch.no_grad():             # grad mode is per thread; the Function computes its own gradients
             return fn(*part)
 
-    STEP_ELEMENTS = min(STEP_ELEMENTS, CPU_PART_STEP_ELEMENTS)
+    _STEP_CAP = CPU_PART_STEP_ELEMENTS
     try:
         return [f.result() for f in [_pool(len(parts)).submit(serial, *p) for p in parts]]
     finally:
-        STEP_ELEMENTS = saved
+        _STEP_CAP = None
 
 
 def _sub(t, e0, e1, dim=1):
@@ -422,11 +565,12 @@ class _SelectiveScan(torch.autograd.Function):
         parts = _parts(u, B, C)
         ctx.parts = parts
         grouped = B.shape[1] > 1
+        for_backward = any(ctx.needs_input_grad)
 
         def run(e0, e1, g0, g1):
             Bp, Cp = (B[:, g0:g1], C[:, g0:g1]) if grouped else (B, C)
             return _forward(_sub(u, e0, e1), _sub(delta, e0, e1), A[e0:e1], Bp, Cp, _sub(D, e0, e1, 0),
-                            _sub(z, e0, e1), _sub(delta_bias, e0, e1, 0), delta_softplus)
+                            _sub(z, e0, e1), _sub(delta_bias, e0, e1, 0), delta_softplus, for_backward)
 
         res = _run_parts(run, parts)
         out = torch.cat([r[0] for r in res], 1) if len(res) > 1 else res[0][0]
