@@ -13,6 +13,11 @@ BraTS case folder (--case) or nothing (a 240x240x155 phantom is generated).
     python benchmarks/segment.py                              # CUDA if present: tta 8, overlap 0.5
     python benchmarks/segment.py --device cpu --fast --no-stock --models umambabot segmamba
     python benchmarks/segment.py --case ../shared/data/brats2018/Brats18_2013_11_1 --json out.json
+    python benchmarks/segment.py --case DIR --configs bf16:contiguous bf16:channels_last bf16-cast:channels_last
+
+Our timings per stage (seconds, median of --repeats): read | preprocess | inference | postprocess |
+write, total_excluding_io = preprocess + inference + postprocess, total. --configs times several
+speed settings (precision, memory format, torch.compile, tiles per forward) against one stock run.
 """
 from __future__ import annotations
 
@@ -33,13 +38,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def build_package(name: str, out: Path, patch: tuple[int, int, int]) -> Path:
+def build_package(name: str, out: Path, patch: tuple[int, int, int], tiny: bool = False) -> Path:
+    """A package of registry network `name` with random weights (full size, or its tiny configuration)."""
     from BraTSMambaLib.inference.package import save_package
-    from BraTSMambaLib.nets import build_model
+    from BraTSMambaLib.nets import build_model, get_spec
 
     torch.manual_seed(0)
-    net = build_model(name, patch_size=patch)
-    return save_package(out / name, name, [net.state_dict()], patch_size=patch,
+    overrides = {k: v for k, v in get_spec(name).tiny.items() if k != "patch_size"} if tiny else {}
+    net = build_model(name, patch_size=patch, **overrides)
+    return save_package(out / name, name, [net.state_dict()], patch_size=patch, overrides=overrides,
                         description="random weights, benchmark only", overwrite=True)
 
 
@@ -56,11 +63,12 @@ def time_ours(case_dir: Path, model, out: Path, opts, repeats: int) -> dict:
 
 
 def time_stock(case, model, tta: int, overlap: float, repeats: int) -> dict:
-    """nnU-Net's own predictor, in memory (no disk), same network and settings."""
+    """nnU-Net's own predictor, in memory (no disk), same weights and settings, on a fresh fp32 NCDHW
+    copy of the network (ours are cast/re-laid-out/compiled in place by the predictor)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     pm, cm, dj = model.plans
-    net = model.predictor.networks[0]
+    net = model.package.build_networks(model.device)[0]
     pred = nnUNetPredictor(tile_step_size=1.0 - overlap, use_gaussian=True, use_mirroring=tta > 1,
                            perform_everything_on_device=model.device.type == "cuda", device=model.device,
                            verbose=False, verbose_preprocessing=False, allow_tqdm=False)
@@ -77,6 +85,7 @@ def time_stock(case, model, tta: int, overlap: float, repeats: int) -> dict:
         _sync(model.device)
         times.append(time.perf_counter() - t0)
     assert seg.shape == data.shape[1:]
+    del pred, net
     return {"total_excluding_io": statistics.median(times), "runs": times}
 
 
@@ -113,6 +122,31 @@ def compare_sliding_window(name: str, patch: tuple[int, int, int], size: int, ov
         print(f"round {r}: stock {t1 - t0:.2f} s, ours {time.perf_counter() - t1:.2f} s", flush=True)
 
 
+def parse_config(text: str) -> dict:
+    """'PRECISION[:MEMORY_FORMAT[:COMPILE[:TILES_PER_FORWARD[:COMPILE_SCOPE]]]]' -> SegmentOptions fields
+    ('-' or empty keeps the default), e.g. bf16:channels_last, bf16-cast:channels_last:default:16."""
+    from BraTSMambaLib.inference.predictor import COMPILE_MODES, COMPILE_SCOPES, MEMORY_FORMATS, PRECISIONS
+
+    parts = (text.split(":") + [""] * 5)[:5]
+    if len(text.split(":")) > 5:
+        raise argparse.ArgumentTypeError(f"--configs {text}: at most 5 fields")
+    out = {}
+    for key, value, choices in (("precision", parts[0], PRECISIONS), ("memory_format", parts[1], MEMORY_FORMATS),
+                                ("compile", parts[2], COMPILE_MODES), ("tiles_per_forward", parts[3], None),
+                                ("compile_scope", parts[4], COMPILE_SCOPES)):
+        if value in ("", "-"):
+            continue
+        if choices is None:
+            if not value.isdigit() or int(value) < 1:
+                raise argparse.ArgumentTypeError(f"--configs {text}: tiles per forward must be a positive integer")
+            out[key] = int(value)
+        elif value not in choices:
+            raise argparse.ArgumentTypeError(f"--configs {text}: {key} {value!r} not one of {', '.join(choices)}")
+        else:
+            out[key] = value
+    return out
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -128,7 +162,9 @@ def load_input(case_dir: str | None, tmp: Path):
     return folder, load_case(folder), "phantom 240x240x155 (seed 0)"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from BraTSMambaLib.inference.predictor import COMPILE_MODES, COMPILE_SCOPES, MEMORY_FORMATS, PRECISIONS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", default=None, help="BraTS case folder (default: a generated 240x240x155 phantom)")
     p.add_argument("--models", nargs="+", default=["segmamba", "umambabot"])
@@ -138,13 +174,28 @@ def main(argv=None) -> int:
     p.add_argument("--fast", action="store_true", help="the CLI's --fast settings (tta 1, overlap 0.25)")
     p.add_argument("--patch", type=int, nargs=3, default=(128, 128, 128))
     p.add_argument("--tiles-per-forward", type=int, default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="as `segment --precision`")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto", help="as `segment --memory-format`")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="off", help="as `segment --compile`")
+    p.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="whole", help="as `segment --compile-scope`")
+    p.add_argument("--configs", nargs="+", type=parse_config, default=None,
+                   metavar="PREC[:FORMAT[:COMPILE[:TPF[:SCOPE]]]]",
+                   help="time our pipeline once per config (e.g. bf16:contiguous bf16:channels_last "
+                        "bf16-cast:channels_last:default:8); fields left out take the flags above; the stock "
+                        "predictor runs once per model")
+    p.add_argument("--tiny", action="store_true",
+                   help="the registry's tiny network configurations (dry runs of the benchmark on a CPU)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (cuDNN autotune, kernel compiles)")
     p.add_argument("--no-stock", action="store_true", help="skip nnU-Net's stock predictor")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--compare-sliding-window", type=int, default=None, metavar="SIZE",
                    help="only time the sliding window on a random SIZE^3 volume, ours vs stock, interleaved")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.compare_sliding_window:
         if args.fast:
             args.tta, args.overlap = 1, 0.25
@@ -159,43 +210,83 @@ def main(argv=None) -> int:
         args.tta, args.overlap = 1, 0.25
     tmp = Path(tempfile.mkdtemp(prefix="brats-bench-"))
     case_dir, case, source = load_input(args.case, tmp)
-    opts = SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap, overwrite=True,
-                          tiles_per_forward=args.tiles_per_forward)
+    base = dict(precision=args.precision, memory_format=args.memory_format, compile=args.compile,
+                compile_scope=args.compile_scope, tiles_per_forward=args.tiles_per_forward)
+    configs = [{**base, **c} for c in (args.configs or [{}])]
     results = {"input": source, "shape_xyz": list(case.reference.GetSize()), "tta": args.tta,
                "overlap": args.overlap, "patch": list(args.patch), "torch": torch.__version__,
+               "scan_backend": os.environ.get("BRATSMAMBA_SCAN_BACKEND", "auto"),
                "host": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores",
                "models": {}}
     for name in args.models:
-        pkg = build_package(name, tmp / "packages", tuple(args.patch))
-        model = load_model(pkg, opts)
-        dev = str(model.device) + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else "")
-        results["device"] = dev
-        backend = os.environ.get("BRATSMAMBA_SCAN_BACKEND", "auto")
-        print(f"[{name}] {dev}, scan backend {backend}, tta {args.tta}, overlap {args.overlap}, "
-              f"tiles/forward {model.predictor.tiles_per_forward}, load+verify {model.load_seconds:.2f} s", flush=True)
-        for _ in range(args.warmup):
-            time_ours(case_dir, model, tmp / "out", opts, 1)
-        ours = time_ours(case_dir, model, tmp / "out", opts, args.repeats)
-        entry = {"ours": ours, "load_s": model.load_seconds,
-                 "params": sum(p.numel() for p in model.predictor.networks[0].parameters())}
-        print(f"  ours : {ours['total_excluding_io']:.3f} s without disk I/O (preprocess {ours['preprocess']:.3f}, "
-              f"inference {ours['inference']:.3f}, postprocess {ours['postprocess']:.3f}); "
-              f"disk: read {ours['read']:.3f}, write {ours['write']:.3f}", flush=True)
+        pkg = build_package(name, tmp / "packages", tuple(args.patch), args.tiny)
+        entry: dict = {"ours": []}
+        model = None
+        for cfg in configs:
+            opts = SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap, overwrite=True, **cfg)
+            try:
+                model = load_model(pkg, opts)
+                dev = str(model.device) + (f" ({torch.cuda.get_device_name(model.device)})"
+                                           if model.device.type == "cuda" else "")
+                results["device"] = dev
+                entry["params"] = sum(p.numel() for p in model.predictor.networks[0].parameters())
+                settings = model.predictor.settings
+                print(f"[{name}] {dev}, scan backend {results['scan_backend']}, tta {args.tta}, overlap {args.overlap}, "
+                      f"{settings}, load+verify {model.load_seconds:.2f} s", flush=True)
+                t0 = time.perf_counter()
+                for _ in range(args.warmup):
+                    time_ours(case_dir, model, tmp / "out", opts, 1)
+                warm_s = time.perf_counter() - t0
+                ours = time_ours(case_dir, model, tmp / "out", opts, args.repeats)
+                row = {"settings": settings, "timings_s": ours, "load_s": model.load_seconds,
+                       "warmup_s": round(warm_s, 2)}
+                print(f"  ours : {ours['total_excluding_io']:.3f} s without disk I/O (preprocess {ours['preprocess']:.3f}, "
+                      f"inference {ours['inference']:.3f}, postprocess {ours['postprocess']:.3f}); "
+                      f"disk: read {ours['read']:.3f}, write {ours['write']:.3f}; warm-up {warm_s:.1f} s", flush=True)
+            except Exception as e:  # noqa: BLE001 - one config failing must not lose the others
+                row = {"settings": cfg, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+                print(f"  ours {cfg}: FAILED {row['error']}", flush=True)
+            entry["ours"].append(row)
+            if len(configs) > 1 or args.no_stock:
+                model = None if model is None else _release(model)
         if not args.no_stock:
-            for _ in range(args.warmup):
-                time_stock(case, model, args.tta, args.overlap, 1)
-            stock = time_stock(case, model, args.tta, args.overlap, args.repeats)
-            entry["stock_nnunet"] = stock
-            entry["speedup"] = stock["total_excluding_io"] / ours["total_excluding_io"]
-            print(f"  stock nnUNetPredictor: {stock['total_excluding_io']:.3f} s -> ours is "
-                  f"{entry['speedup']:.2f}x faster", flush=True)
+            try:
+                if model is None:
+                    model = load_model(pkg, SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap,
+                                                           precision="fp32", memory_format="contiguous"))
+                for _ in range(args.warmup):
+                    time_stock(case, model, args.tta, args.overlap, 1)
+                stock = time_stock(case, model, args.tta, args.overlap, args.repeats)
+                entry["stock_nnunet"] = stock
+                print(f"  stock nnUNetPredictor: {stock['total_excluding_io']:.3f} s", flush=True)
+                for row in entry["ours"]:
+                    if "timings_s" in row:
+                        row["speedup_vs_stock"] = stock["total_excluding_io"] / row["timings_s"]["total_excluding_io"]
+                        print(f"  ours {row['settings']}: {row['timings_s']['total_excluding_io']:.3f} s -> "
+                              f"{row['speedup_vs_stock']:.2f}x faster than stock", flush=True)
+            except Exception as e:  # noqa: BLE001
+                entry["stock_nnunet"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+                print(f"  stock nnUNetPredictor FAILED: {entry['stock_nnunet']['error']}", flush=True)
+            model = None if model is None else _release(model)
         results["models"][name] = entry
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+        if args.json:  # after every model, so a later failure keeps what was measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return 0
+
+
+def _release(model) -> None:
+    """Drop a loaded model and give its GPU memory back (and Dynamo's compiled code)."""
+    model.predictor.networks.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        from torch import _dynamo
+
+        _dynamo.reset()
+    except Exception:  # noqa: BLE001
+        pass
+    return None
 
 
 if __name__ == "__main__":

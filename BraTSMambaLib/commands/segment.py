@@ -48,6 +48,20 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", type=int, default=None, help="mirror test-time augmentation: 1 (off) to 8 flips (default 8)")
     p.add_argument("--tiles-per-forward", type=int, default=None,
                    help="network inputs per forward pass (tiles x flips; default 8 on CUDA)")
+    from BraTSMambaLib.inference.predictor import COMPILE_MODES, COMPILE_SCOPES, MEMORY_FORMATS, PRECISIONS
+
+    speed = p.add_argument_group("speed (CUDA; on CPU and MPS the network always runs in fp32, contiguous, eager)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto (CUDA: bf16 autocast), fp32, bf16/fp16 (autocast), bf16-cast/fp16-cast (weights "
+                            "and inputs cast, no autocast)")
+    speed.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                       help="tensor layout of the 3-D convolutions: auto (CUDA: channels_last), contiguous (NCDHW), "
+                            "channels_last (NDHWC)")
+    speed.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                       help="torch.compile the network with this mode (compiling takes a while on the first "
+                            "case; pays off for batches)")
+    speed.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="whole",
+                       help="with --compile: the whole network, or only its parts without Mamba layers")
     p.add_argument("--labels", choices=("2021", "2023"), default="2021",
                    help="label values of the output map: 2021 {0,1,2,4} or 2023 {0,1,2,3} (default 2021)")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
@@ -68,7 +82,8 @@ def options_from(args: argparse.Namespace):
 
     return SegmentOptions(
         device=args.device, fast=args.fast, overlap=args.overlap, tta=args.tta, labels=args.labels,
-        tiles_per_forward=args.tiles_per_forward, save_probabilities=args.save_probabilities,
+        tiles_per_forward=args.tiles_per_forward, precision=args.precision, memory_format=args.memory_format,
+        compile=args.compile, compile_scope=args.compile_scope, save_probabilities=args.save_probabilities,
         overlay=args.overlay, evaluate=args.evaluate, overwrite=args.overwrite)
 
 

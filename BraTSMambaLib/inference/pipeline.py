@@ -29,8 +29,9 @@ FAST_OVERLAP = 0.25
 class SegmentOptions:
     """What the `segment` command's flags control.
 
-    device, fast, overlap, tta, tiles_per_forward and precision take effect in `load_model` (they
-    configure the predictor); labels, outputs, evaluate and overwrite in each `segment_case` call.
+    device, fast, overlap, tta, tiles_per_forward, precision, memory_format, compile and compile_scope
+    take effect in `load_model` (they configure the predictor and prepare its networks); labels,
+    outputs, evaluate and overwrite in each `segment_case` call.
     """
 
     device: str = "auto"
@@ -40,6 +41,9 @@ class SegmentOptions:
     labels: str = "2021"
     tiles_per_forward: int | None = None
     precision: str = "auto"
+    memory_format: str = "auto"
+    compile: str = "off"
+    compile_scope: str = "whole"
     save_probabilities: bool = False
     overlay: bool = False
     evaluate: bool = False
@@ -83,7 +87,8 @@ def load_model(model: str | os.PathLike | ModelPackage | None, options: SegmentO
     nets = pkg.build_networks(device)
     predictor = SlidingWindowPredictor(
         nets, pkg.patch_size, device, overlap=options.effective_overlap, tta=options.effective_tta,
-        mirror_axes=pkg.mirror_axes, tiles_per_forward=options.tiles_per_forward, precision=options.precision)
+        mirror_axes=pkg.mirror_axes, tiles_per_forward=options.tiles_per_forward, precision=options.precision,
+        memory_format=options.memory_format, compile=options.compile, compile_scope=options.compile_scope)
     return LoadedModel(pkg, predictor, plans_for(pkg), time.perf_counter() - t0)
 
 
@@ -178,8 +183,7 @@ def segment_case(
         model={"name": model.package.name, "network": model.package.network_name,
                "folds": len(model.package.weight_files), "source": str(model.package.source)},
         settings={"overlap": model.predictor.overlap, "tta": len(model.predictor.flips),
-                  "tiles_per_forward": model.predictor.tiles_per_forward,
-                  "precision": str(model.predictor.dtype).replace("torch.", "") if model.predictor.dtype else "float32"},
+                  **model.predictor.settings},
         device=_device_name(model.device),
         inputs={k: str(p) for k, p in case.paths.items()},
     )

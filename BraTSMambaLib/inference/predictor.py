@@ -1,9 +1,16 @@
 """Sliding-window prediction: Gaussian-weighted tiles (MONAI), mirror test-time augmentation, fold
-ensembles, several tiles per forward pass, autocast on CUDA.
+ensembles, several tiles per forward pass, reduced precision, channels_last and torch.compile on CUDA.
 
 Each forward pass takes `tiles_per_forward` network inputs: tiles times their mirror flips. Every
 network output goes through the sigmoid, is flipped back and averaged over flips and folds, and the
-tiles are blended with a Gaussian window (sigma = 1/8 of the patch, as nnU-Net does).
+tiles are blended with a Gaussian window (sigma = 1/8 of the patch, as nnU-Net does), on the device.
+
+Speed settings (`auto` = the CUDA defaults below; on CPU and MPS always fp32, contiguous, eager):
+  precision      auto (CUDA: bf16), fp32, bf16 / fp16 (autocast), bf16-cast / fp16-cast (weights and
+                 inputs cast, no autocast; fp32 islands stay fp32: `networks.cast_network`)
+  memory_format  auto (CUDA: channels_last), contiguous (NCDHW), channels_last (NDHWC, channels_last_3d)
+  compile        off (default), or a torch.compile mode: default, reduce-overhead, max-autotune,
+                 max-autotune-no-cudagraphs (compiled on the first forward pass of each tile batch shape)
 """
 from __future__ import annotations
 
@@ -18,6 +25,12 @@ import torch
 from BraTSMambaLib.errors import BraTSInputError
 
 MAX_TTA = 8
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-cast", "fp16-cast")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("whole", "convs")
+#: What `auto` means on CUDA (chosen from benchmarks/forward_gpu.py on the H200).
+CUDA_DEFAULTS = {"precision": "bf16", "memory_format": "channels_last"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -51,13 +64,45 @@ def mirror_sets(tta: int, axes: Sequence[int] = (0, 1, 2)) -> list[tuple[int, ..
     return sets[: min(tta, len(sets))]
 
 
+def _check_choice(flag: str, value: str, choices: Sequence[str]) -> str:
+    value = (value or "auto").lower()
+    if value not in choices:
+        raise BraTSInputError(f"--{flag} {value}: use one of {', '.join(choices)}")
+    return value
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """The concrete precision on `device`: `auto` is fp32 off CUDA and CUDA_DEFAULTS on CUDA; bf16 falls
+    back to fp16 on GPUs without bf16."""
+    precision = _check_choice("precision", precision, PRECISIONS)
+    if precision == "auto":
+        precision = CUDA_DEFAULTS["precision"] if device.type == "cuda" else "fp32"
+    if precision.startswith("bf16") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        precision = precision.replace("bf16", "fp16")
+    return precision
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """bf16 on CUDA (fp16 where bf16 is unsupported), none (fp32) on CPU and MPS."""
-    if precision == "fp32" or device.type != "cuda":
+    """The autocast dtype: bf16 on CUDA by default (fp16 where bf16 is unsupported), none (fp32) on CPU
+    and MPS, and none for the cast precisions (the weights themselves are bf16/fp16 there)."""
+    precision = resolve_precision(device, precision)
+    if device.type != "cuda" or precision in ("fp32", "bf16-cast", "fp16-cast"):
         return None
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def cast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype weights and inputs are cast to (bf16-cast, fp16-cast; on any device), else none."""
+    precision = resolve_precision(device, precision)
+    return {"bf16-cast": torch.bfloat16, "fp16-cast": torch.float16}.get(precision)
+
+
+def resolve_memory_format(device: torch.device, memory_format: str = "auto") -> str:
+    """contiguous or channels_last; `auto` is channels_last on CUDA (CUDA_DEFAULTS), contiguous elsewhere."""
+    memory_format = _check_choice("memory-format", memory_format, MEMORY_FORMATS)
+    if memory_format == "auto":
+        return CUDA_DEFAULTS["memory_format"] if device.type == "cuda" else "contiguous"
+    return memory_format
 
 
 def tile_count(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> int:
@@ -81,17 +126,44 @@ class SlidingWindowPredictor:
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     tiles_per_forward: int | None = None
     precision: str = "auto"
+    memory_format: str = "auto"
+    compile: str = "off"
+    compile_scope: str = "whole"
     progress: bool = False  # tqdm bar over the tiles (MONAI's), for single cases on slow devices
 
     def __post_init__(self) -> None:
+        """Validate the settings and prepare the networks in place (cast, memory format, compile)."""
+        from BraTSMambaLib.inference.networks import cast_network, compile_network, to_memory_format
+
         if not 0.0 <= self.overlap < 1.0:
             raise BraTSInputError(f"--overlap {self.overlap}: use a value in [0, 1)")
         self.flips = mirror_sets(self.tta, self.mirror_axes)
         if self.tiles_per_forward is None:
             self.tiles_per_forward = 8 if self.device.type == "cuda" else max(1, len(self.flips) // 2)
+        if self.tiles_per_forward < 1:
+            raise BraTSInputError(f"--tiles-per-forward {self.tiles_per_forward}: use 1 or more")
+        self.precision = resolve_precision(self.device, self.precision)
         self.dtype = autocast_dtype(self.device, self.precision)
+        self.input_dtype = cast_dtype(self.device, self.precision) or torch.float32
+        self.memory_format = resolve_memory_format(self.device, self.memory_format)
+        self.compile = _check_choice("compile", self.compile, COMPILE_MODES)
+        self.compile_scope = _check_choice("compile-scope", self.compile_scope, COMPILE_SCOPES)
+        for net in self.networks:
+            if self.input_dtype != torch.float32:
+                cast_network(net, self.input_dtype)
+            if self.memory_format == "channels_last":
+                to_memory_format(net, True)
+            if self.compile != "off":
+                compile_network(net, self.compile, self.compile_scope)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed tile shapes: autotuned convolutions pay off
+
+    @property
+    def settings(self) -> dict:
+        """The concrete speed settings (for reports)."""
+        return {"precision": self.precision, "memory_format": self.memory_format, "compile": self.compile,
+                "compile_scope": self.compile_scope if self.compile != "off" else None,
+                "tiles_per_forward": self.tiles_per_forward}
 
     @property
     def sw_batch_size(self) -> int:
@@ -101,15 +173,22 @@ class SlidingWindowPredictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean sigmoid over flips and networks for a batch of tiles (B, 4, *patch)."""
         inputs = torch.cat([torch.flip(x, [a + 2 for a in f]) if f else x for f in self.flips])
+        inputs = inputs.to(self.input_dtype)
+        if self.memory_format == "channels_last":
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        size = max(self.tiles_per_forward, x.shape[0])
         total = None
         for net in self.networks:
             outs = []
-            for chunk in torch.split(inputs, max(self.tiles_per_forward, x.shape[0])):
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            for chunk in torch.split(inputs, size):
+                n = chunk.shape[0]
+                if self.compile != "off" and n < size:
+                    chunk = torch.cat([chunk, chunk.new_zeros((size - n, *chunk.shape[1:]))])  # one shape: no recompile
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
                     y = net(chunk)
                 if isinstance(y, (list, tuple)):
                     y = y[0]
-                outs.append(torch.sigmoid(y.float()))
+                outs.append(torch.sigmoid(y[:n].float()))
             y = torch.cat(outs)
             for i, f in enumerate(self.flips):
                 yi = y[i * x.shape[0]:(i + 1) * x.shape[0]]
