@@ -1,0 +1,166 @@
+"""`brats-mamba train` and `brats-mamba compare` as background jobs for the Slicer training module.
+
+The same process machinery as the segmentation job (`mrml.process.BackgroundProcess`: own process
+group, output read by a thread, cancel kills the whole tree; `mrml.job.default_python` /
+`library_env`: Slicer's own Python importing this very BraTSMambaLib), polled from a qt.QTimer in
+Slicer and in a loop by scripts and tests:
+
+    job = CliJob(train_arguments(500, "umambabot", 0, epochs=400, results=R, preprocessed=P))
+    job.start()
+    while not job.poll(): ...        # True once the process ended; job.error holds the log tail on failure
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from BraTSMambaLib.errors import BraTSInputError
+from BraTSMambaLib.mrml.job import default_python, library_env
+from BraTSMambaLib.mrml.process import BackgroundProcess
+from BraTSMambaLib.training.planning import CONFIGURATION, DEFAULT_PLANS
+
+
+def train_arguments(dataset: int | str, model: str, fold: int | str = 0, *, epochs: int | None = None,
+                    device: str = "auto", plans: str = DEFAULT_PLANS, results: str | Path | None = None,
+                    preprocessed: str | Path | None = None, resume: bool = False,
+                    extra: Sequence[str] = ()) -> list[str]:
+    """`brats-mamba train` arguments (after the program name) for one fold."""
+    if not str(dataset).strip():
+        raise BraTSInputError("dataset: give the nnU-Net dataset id (e.g. 500) or name")
+    if not model.strip():
+        raise BraTSInputError("model: choose a registry model (see `brats-mamba models`)")
+    args = ["train", str(dataset).strip(), "--model", model.strip(), "--fold", str(fold), "--device", device,
+            "--plans", plans]
+    if epochs:
+        args += ["--epochs", str(int(epochs))]
+    if results:
+        args += ["--results", str(results)]
+    if preprocessed:
+        args += ["--preprocessed", str(preprocessed)]
+    if resume:
+        args.append("--continue")
+    return args + list(extra)
+
+
+def compare_arguments(runs: Sequence[str | Path], out_stem: str | Path, *, test_cases: str | Path | None = None,
+                      device: str = "auto") -> list[str]:
+    """`brats-mamba compare` arguments writing OUT_STEM.md / .csv / .json."""
+    if not runs:
+        raise BraTSInputError("compare: choose at least one run folder")
+    missing = [str(r) for r in runs if not Path(r).is_dir()]
+    if missing:
+        raise BraTSInputError(f"{missing[0]}: run folder not found")
+    args = ["compare", *map(str, runs), "-o", str(out_stem), "--device", device]
+    if test_cases:
+        args += ["--test-cases", str(test_cases), "--fast"]
+    return args
+
+
+def find_run_folder(results: str | Path, dataset: int | str, model: str, fold: int | str = 0,
+                    plans: str = DEFAULT_PLANS) -> Path | None:
+    """The fold folder `brats-mamba train` writes to under an nnU-Net results folder, once it exists.
+
+    `<results>/Dataset<NNN>_<name>/nnUNetTrainer<Network>__<plans>__3d_fullres/fold_<F>`; the
+    trainer folder is matched to `model` through the registry (`registry_name_for_trainer`).
+    """
+    from BraTSMambaLib.errors import ModelPackageError
+    from BraTSMambaLib.inference.nnunet_import import registry_name_for_trainer
+
+    root = Path(results)
+    key = str(dataset).strip()
+    pattern = f"Dataset{int(key):03d}_*" if key.isdigit() else key
+    for ds in sorted(root.glob(pattern)):
+        for trainer_dir in sorted(ds.glob(f"*__{plans}__{CONFIGURATION}")):
+            trainer = trainer_dir.name.split("__")[0]
+            try:
+                name = registry_name_for_trainer(trainer)
+            except ModelPackageError:
+                continue
+            if name == model.lower() and (trainer_dir / f"fold_{fold}").is_dir():
+                return trainer_dir / f"fold_{fold}"
+    return None
+
+
+@dataclass
+class CliJob:
+    """One `brats-mamba` sub-command in a child process under Slicer's Python."""
+
+    arguments: Sequence[str]
+    python: str = field(default_factory=default_python)
+    env_base: Mapping[str, str] | None = None   # inside Slicer: slicer.util.startupEnvironment()
+    log_path: str | Path | None = None
+    process: BackgroundProcess | None = None
+    error: str | None = None
+    done: bool = False
+    cancelled: bool = False
+
+    @property
+    def command(self) -> list[str]:
+        return [self.python, "-m", "BraTSMambaLib.cli", *map(str, self.arguments)]
+
+    def start(self) -> None:
+        self.process = BackgroundProcess(self.command, env=library_env(self.env_base), log_path=self.log_path)
+        self.process.start()
+
+    def poll(self) -> bool:
+        """Read new output; True once the process has ended (then `error` says why it failed, if it did)."""
+        if self.done:
+            return True
+        if self.process is None:
+            raise RuntimeError("CliJob.poll() before start()")
+        self.process.poll()
+        if not self.process.finished:
+            return False
+        if self.process.cancelled:
+            self.error = "Cancelled."
+        elif self.process.returncode != 0:
+            self.error = (f"brats-mamba {self.arguments[0]} failed (exit status {self.process.returncode}).\n"
+                          + self.process.log_tail())
+        self.done = True
+        return True
+
+    def cancel(self) -> None:
+        """Kill the command and every process it started (data-loader workers, DDP ranks)."""
+        if self.process is not None and not self.done:
+            self.cancelled = True
+            self.process.cancel()
+            self.poll()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done (scripts, tests); True on success. A timeout cancels the job."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                self.error = f"Timed out after {timeout:g} s."
+                break
+            time.sleep(0.1)
+        return self.error is None
+
+
+@dataclass
+class CompareJob(CliJob):
+    """`brats-mamba compare` into a temporary folder; `table_csv` / `table_md` once it succeeded."""
+
+    workdir: Path | None = None
+
+    @classmethod
+    def for_runs(cls, runs: Sequence[str | Path], *, test_cases: str | Path | None = None, device: str = "auto",
+                 **kwargs) -> "CompareJob":
+        workdir = Path(tempfile.mkdtemp(prefix="brats-mamba-compare-"))
+        return cls(compare_arguments(runs, workdir / "table1", test_cases=test_cases, device=device),
+                   workdir=workdir, **kwargs)
+
+    @property
+    def table_csv(self) -> Path | None:
+        p = self.workdir / "table1.csv" if self.workdir else None
+        return p if p is not None and p.is_file() and self.done and self.error is None else None
+
+    @property
+    def table_md(self) -> Path | None:
+        p = self.workdir / "table1.md" if self.workdir else None
+        return p if p is not None and p.is_file() and self.done and self.error is None else None
