@@ -55,7 +55,7 @@ def _budget_trainer(budget: float, end_by: float, epochs: int = 100):
 
     tr = object.__new__(nnUNetTrainerUMambaBot)
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    tr.__dict__.update(time_budget_s=budget, end_by=end_by, _epoch_times=[], _train_seconds=0.0, current_epoch=0,
+    tr.__dict__.update(time_budget_s=budget, end_by=end_by, _epoch_times=[], _epoch_ends=[], _train_seconds=0.0, current_epoch=0,
                        _max_epochs=epochs, num_epochs=epochs, device=torch.device("cpu"), messages=[],
                        lr_scheduler=PolyLRScheduler(opt, 1e-3, epochs))
     tr.print_to_log_file = lambda *a, **k: tr.messages.append(" ".join(map(str, a)))
@@ -84,6 +84,10 @@ def test_end_by_limits_the_epochs_to_the_wall_clock():
     _epoch(tr, 10.0)
     _epoch(tr, 10.0)  # about 25 s of wall clock left, 10 s an epoch -> this one + 2 more
     assert tr.num_epochs == 4 and "end by" in tr.messages[-1]
+    slow = _budget_trainer(budget=1000.0, end_by=time.time() + 25.0)
+    slow._epoch_ends = [time.time() - 40.0, time.time() - 20.0]  # 20 s of wall clock an epoch (checkpoints)
+    _epoch(slow, 10.0)
+    assert slow.num_epochs == 2  # 25 s left at 20 s an epoch: this one + 1
     none = _budget_trainer(budget=0.0, end_by=0.0, epochs=50)
     _epoch(none, 10.0)
     assert none.num_epochs == 50 and not none.messages

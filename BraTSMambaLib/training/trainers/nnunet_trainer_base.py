@@ -139,6 +139,7 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
         self._train_seconds = 0.0
         self._epoch_t0 = 0.0
         self._epoch_times: list[float] = []
+        self._epoch_ends: list[float] = []
         self._max_epochs = self.num_epochs
         if self.label_manager.has_regions and tuple(map(tuple, self.label_manager.foreground_regions)) != tuple(
                 C.NNUNET_REGIONS[r] for r in C.REGIONS):
@@ -271,9 +272,14 @@ class nnUNetTrainerBraTSMamba(nnUNetTrainer):
             remaining = self.time_budget_s - self._train_seconds
             fit = min(fit, self.current_epoch + 1 + int(max(0.0, remaining) // typical))
         if self.end_by > 0:
-            left = self.end_by - time.time()
+            now = time.time()
+            self._epoch_ends.append(now)
+            # wall time per epoch includes what epoch_s leaves out (checkpoint writes between epochs)
+            walls = np.diff(self._epoch_ends)
+            per_epoch = max(typical, float(np.median(walls))) if len(walls) else typical
+            left = self.end_by - now
             remaining = left if remaining is None else min(remaining, left)
-            fit = min(fit, self.current_epoch + 1 + int(max(0.0, left) // typical))
+            fit = min(fit, self.current_epoch + 1 + int(max(0.0, left) // per_epoch))
         fit = agree_min(fit, self.device)
         if fit != self.num_epochs:
             self.print_to_log_file(f"time limit: {fit} epochs fit (typical epoch {typical:.1f} s, {remaining:.0f} s "
