@@ -147,6 +147,37 @@ def parse_config(text: str) -> dict:
     return out
 
 
+def config_from_variant(variant: str, batch: int) -> dict:
+    """The pipeline settings of a benchmarks/forward_gpu.py variant (a CUDA graph has no pipeline
+    equivalent: its eager base is used), with tiles per forward = the variant's batch."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from forward_gpu import BASES, parse_variant
+
+    base, suffix = parse_variant(variant)
+    precision, channels_last = BASES[base]
+    cfg = {"precision": precision, "memory_format": "channels_last" if channels_last else "contiguous",
+           "tiles_per_forward": int(batch)}
+    if suffix in ("_compile", "_compileconvs"):
+        cfg.update(compile="default", compile_scope="whole" if suffix == "_compile" else "convs")
+    return cfg
+
+
+def best_configs(path: str, name: str) -> list[dict]:
+    """The fastest forward_gpu.py variant of network `name` in its JSON (rows without errors), as settings."""
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"--best-from {path}: not usable ({type(e).__name__}: {e}); skipped", flush=True)
+        return []
+    mine = [r for r in rows if r.get("model") == name and "ms_per_tile" in r and r.get("batch", 0) >= 8]
+    if not mine:
+        return []
+    best = min(mine, key=lambda r: r["ms_per_tile"])
+    print(f"[{name}] fastest forward in {path}: {best['variant']} batch {best['batch']} "
+          f"({best['ms_per_tile']:.2f} ms/tile)", flush=True)
+    return [config_from_variant(best["variant"], best["batch"])]
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -185,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "predictor runs once per model")
     p.add_argument("--tiny", action="store_true",
                    help="the registry's tiny network configurations (dry runs of the benchmark on a CPU)")
+    p.add_argument("--best-from", default=None, metavar="FORWARD_JSON",
+                   help="also time the fastest variant (batch >= 8) per network of a benchmarks/forward_gpu.py "
+                        "--json file, as pipeline settings")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (cuDNN autotune, kernel compiles)")
     p.add_argument("--no-stock", action="store_true", help="skip nnU-Net's stock predictor")
@@ -222,7 +256,11 @@ def main(argv=None) -> int:
         pkg = build_package(name, tmp / "packages", tuple(args.patch), args.tiny)
         entry: dict = {"ours": []}
         model = None
-        for cfg in configs:
+        mine = list(configs)
+        for cfg in best_configs(args.best_from, name) if args.best_from else []:
+            if {**base, **cfg} not in mine:
+                mine.append({**base, **cfg})
+        for cfg in mine:
             opts = SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap, overwrite=True, **cfg)
             try:
                 model = load_model(pkg, opts)
@@ -247,7 +285,7 @@ def main(argv=None) -> int:
                 row = {"settings": cfg, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
                 print(f"  ours {cfg}: FAILED {row['error']}", flush=True)
             entry["ours"].append(row)
-            if len(configs) > 1 or args.no_stock:
+            if len(mine) > 1 or args.no_stock:
                 model = None if model is None else _release(model)
         if not args.no_stock:
             try:
