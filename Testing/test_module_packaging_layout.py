@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "BraTSMamba"
+MODULES = ("BraTSMamba", "BraTSMambaTrain")
 SCRIPTED = "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}"
 
 
@@ -27,13 +28,47 @@ def _call(text: str, command: str) -> str:
     return m.group(1)
 
 
-def _module_files() -> list[str]:
-    text = (MODULE / "CMakeLists.txt").read_text()
+def _module_files(module: str = "BraTSMamba") -> list[str]:
+    text = (ROOT / module / "CMakeLists.txt").read_text()
+    assert re.search(rf"^set\(MODULE_NAME {module}\)$", text, re.M)
     files = []
     for var in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"):
         body = re.search(rf"set\({var}\s+(.*?)\)", text, re.S).group(1)
-        files += [t.replace("${MODULE_NAME}", "BraTSMamba") for t in body.split()]
+        files += [t.replace("${MODULE_NAME}", module) for t in body.split()]
     return files
+
+
+def test_training_module_cmake_lists_every_file_and_both_modules_are_built():
+    """BraTSMambaTrain/CMakeLists.txt lists exactly the module's files; the extension always adds both modules."""
+    module = ROOT / "BraTSMambaTrain"
+    text = (module / "CMakeLists.txt").read_text()
+    call = _call(text, "slicerMacroBuildScriptedModule")
+    for needle in ("NAME ${MODULE_NAME}", "SCRIPTS ${MODULE_PYTHON_SCRIPTS}", "RESOURCES ${MODULE_PYTHON_RESOURCES}",
+                   "WITH_GENERIC_TESTS"):
+        assert needle in call, needle
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    listed = set(_module_files("BraTSMambaTrain"))
+    on_disk = {p.relative_to(module).as_posix() for p in module.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.name != "CMakeLists.txt"}
+    assert on_disk - listed == set(), "files missing from BraTSMambaTrain/CMakeLists.txt"
+    assert listed - on_disk == set(), "BraTSMambaTrain/CMakeLists.txt lists files that do not exist"
+    top = (ROOT / "CMakeLists.txt").read_text()
+    added = re.findall(r"^add_subdirectory\((\w+)\)$", top, re.M)
+    assert added == list(MODULES), added
+    assert "if(EXISTS" not in top.split("# Extension modules")[1], "a module is built only conditionally"
+    shared = [f for f in listed if f.startswith("Resources/")]  # both modules install into one Resources/ folder
+    assert not set(shared) & set(_module_files("BraTSMamba")), "resource names collide in qt-scripted-modules"
+
+
+def test_training_module_icon_is_a_distinct_png():
+    from PIL import Image
+
+    with Image.open(ROOT / "BraTSMambaTrain/Resources/Icons/BraTSMambaTrain.png") as im:
+        assert im.format == "PNG" and im.size == (128, 128)
+        train = im.convert("RGB").tobytes()
+        assert len(set(im.convert("L").tobytes())) > 20
+    with Image.open(MODULE / "Resources/Icons/BraTSMamba.png") as other:
+        assert other.convert("RGB").tobytes() != train
 
 
 def test_library_installs_into_the_scripted_modules_folder_itself():
@@ -64,17 +99,18 @@ def _layout(tmp: Path) -> Path:
         shutil.copy2(ROOT / src, out)
     for src, target in re.findall(r"file\(COPY (\S+) DESTINATION (\S+)\)", text):
         shutil.copytree(ROOT / src, dest / target.replace(SCRIPTED + "/", "") / Path(src).name)
-    for rel in _module_files():
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(MODULE / rel, out)
+    for module in MODULES:
+        for rel in _module_files(module):
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / module / rel, out)
     return dest
 
 
 CHILD = """
 import json, sys
 sys.path.insert(0, %r)
-import importlib.util
+import importlib, importlib.util
 import BraTSMambaLib
 from BraTSMambaLib.inference import catalogue
 from BraTSMambaUtils import choices, dependencies
@@ -88,6 +124,10 @@ print(json.dumps({
     "python": dependencies.unsupported_python(),
     "requirements": dependencies.requirements(),
     "ui": importlib.util.find_spec("BraTSMamba") is not None,
+    "train": importlib.util.find_spec("BraTSMambaTrain") is not None,
+    "train_lib": [importlib.import_module(m).__file__ for m in (
+        "BraTSMambaLib.mrml.review", "BraTSMambaLib.mrml.cli_job", "BraTSMambaLib.mrml.training_view",
+        "BraTSMambaLib.data.review_log")],
 }))
 """
 
@@ -95,6 +135,7 @@ print(json.dumps({
 def test_module_helpers_work_from_the_built_extension_folder(tmp_path):
     dest = _layout(tmp_path)
     assert (dest / "BraTSMamba.py").is_file() and (dest / "Resources/UI/BraTSMamba.ui").is_file()
+    assert (dest / "BraTSMambaTrain.py").is_file() and (dest / "Resources/UI/BraTSMambaTrain.ui").is_file()
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("BRATSMAMBA_")}
     run = subprocess.run([sys.executable, "-c", CHILD % str(dest)], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path, env=env)
@@ -105,4 +146,5 @@ def test_module_helpers_work_from_the_built_extension_folder(tmp_path):
     assert Path(out["pyproject"]) == dest / "pyproject.toml"
     assert Path(out["demo"]) == dest / "Resources/Models/demo"
     assert out["choices"][0] == "<demo>" and out["python"] is None and out["requirements"]
-    assert out["ui"]
+    assert out["ui"] and out["train"]
+    assert all(f.startswith(str(dest)) for f in out["train_lib"]), out["train_lib"]

@@ -1,4 +1,4 @@
-"""BraTSMamba.ui against the code that uses it, checked without a Slicer application.
+"""BraTSMamba.ui and BraTSMambaTrain.ui against the code that uses them, checked without a Slicer application.
 
 Every widget the module touches must exist in the .ui with a class that has the members and signals
 the code uses (members from the Qt 5 / CTK / MRML widget headers); widgets bound to the parameter node
@@ -13,9 +13,23 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "BraTSMamba"
 UI = MODULE / "Resources/UI/BraTSMamba.ui"
+#: module -> (widgets the module must use, parameters that must be bound to a widget)
+MODULES: dict[str, tuple[set[str], set[str]]] = {
+    "BraTSMamba": ({"applyButton", "modelComboBox", "modelPathLineEdit", "progressBar"},
+                   {"t1", "t1ce", "t2", "flair", "outputSegmentation", "fast", "createLabelmap"}),
+    "BraTSMambaTrain": ({"trainButton", "compareButton", "statusTableView", "compareTableView", "modelComboBox",
+                         "deviceComboBox", "openReviewButton", "previousButton", "nextButton", "acceptButton",
+                         "needsCorrectionButton", "rejectButton", "noteLineEdit", "metricsLabel", "logTextEdit",
+                         "saveCorrectedButton"},
+                        {"runFolder", "preprocessedFolder", "resultsFolder", "datasetId", "fold", "epochs", "resume",
+                         "compareFolder", "testCasesFolder", "casesFolder", "predictionsFolder", "reviewFile",
+                         "reviewer", "editedSegmentation", "correctedFolder"}),
+}
 
 _WIDGET = {"enabled", "visible", "toolTip", "setToolTip", "setVisible", "setEnabled", "show", "hide",
            "property", "setProperty", "connect", "objectName", "name"}
@@ -33,6 +47,10 @@ CLASSES: dict[str, tuple[str | None, set[str], set[str]]] = {
     "QPlainTextEdit": ("QWidget", {"appendPlainText", "clear", "toPlainText", "setPlainText", "readOnly"},
                        {"textChanged()"}),
     "QTableView": ("QWidget", set(), set()),
+    "QTabWidget": ("QWidget", {"currentIndex", "setCurrentIndex", "count"}, {"currentChanged(int)"}),
+    "QSpinBox": ("QWidget", {"value", "setValue", "minimum", "maximum"}, {"valueChanged(int)"}),
+    "QLineEdit": ("QWidget", {"text", "setText", "clear", "placeholderText"},
+                  {"textChanged(QString)", "editingFinished()", "returnPressed()"}),
     "ctkCollapsibleButton": ("QAbstractButton", {"collapsed"}, {"contentsCollapsed(bool)"}),
     "ctkPathLineEdit": ("QWidget", {"currentPath", "setCurrentPath", "filters", "settingKey", "addCurrentPathToHistory"},
                         {"currentPathChanged(QString)", "validInputChanged(bool)"}),
@@ -41,7 +59,7 @@ CLASSES: dict[str, tuple[str | None, set[str], set[str]]] = {
                           {"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)"}),
     "qMRMLTableView": ("QTableView", {"setMRMLTableNode", "mrmlTableNode", "setMRMLScene"}, set()),
 }
-QT_STANDARD = {c for c in CLASSES if c.startswith("Q")} | {"QFormLayout", "QVBoxLayout"}
+QT_STANDARD = {c for c in CLASSES if c.startswith("Q")} | {"QFormLayout", "QVBoxLayout", "QHBoxLayout"}
 
 #: parameterNodeWrapper connectors: parameter type -> widget classes (exact type match in Slicer)
 CONNECTORS = {
@@ -49,7 +67,7 @@ CONNECTORS = {
     "int": {"QSlider", "QSpinBox", "QComboBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget", "QComboBox"},
     "str": {"QLineEdit", "QTextEdit", "QComboBox"},
-    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+    "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
     "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
 }
 #: names parameterNodeWrapper defines on the wrapper class (wrapper.py `_processClass`, `_initMethod`)
@@ -74,8 +92,8 @@ def _signals(cls: str) -> set[str]:
     return set().union(*(CLASSES[c][2] for c in _mro(cls)))
 
 
-def _ui():
-    tree = ET.parse(UI)
+def _ui(module: str = "BraTSMamba"):
+    tree = ET.parse(ROOT / module / "Resources/UI" / f"{module}.ui")
     widgets = {w.get("name"): w.get("class") for w in tree.iter("widget")}
     return tree, widgets
 
@@ -113,10 +131,11 @@ def _uses(source: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
     return members, signals
 
 
-def test_every_widget_member_and_signal_the_module_uses_exists_in_the_ui_class():
-    _, widgets = _ui()
-    members, signals = _uses((MODULE / "BraTSMamba.py").read_text())
-    assert {w for w, _ in members} >= {"applyButton", "modelComboBox", "modelPathLineEdit", "progressBar"}
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_widget_member_and_signal_the_module_uses_exists_in_the_ui_class(module):
+    _, widgets = _ui(module)
+    members, signals = _uses((ROOT / module / f"{module}.py").read_text())
+    assert {w for w, _ in members} >= MODULES[module][0]
     problems = [f"{w}: not in the .ui" for w, _ in members | signals if w not in widgets]
     problems += [f"{w} ({widgets[w]}).{m}" for w, m in members if w in widgets and m not in _members(widgets[w])]
     problems += [f"{w} ({widgets[w]}) has no signal {s}" for w, s in signals
@@ -124,11 +143,18 @@ def test_every_widget_member_and_signal_the_module_uses_exists_in_the_ui_class()
     assert problems == []
 
 
-def test_parameter_bindings_have_widgets_slicer_can_connect():
-    tree, widgets = _ui()
-    code = ast.parse((MODULE / "BraTSMamba.py").read_text())
-    cls = next(n for n in code.body if isinstance(n, ast.ClassDef) and n.name == "BraTSMambaParameterNode")
-    params = {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+def _unannotated(annotation: str) -> str:
+    """`Annotated[int, WithinRange(0, 4)]` -> `int` (what parameterNodeWrapper's unannotatedType gives)."""
+    m = re.fullmatch(r"Annotated\[([\w.]+),.*\]", annotation)
+    return m.group(1) if m else annotation
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_parameter_bindings_have_widgets_slicer_can_connect(module):
+    tree, widgets = _ui(module)
+    code = ast.parse((ROOT / module / f"{module}.py").read_text())
+    cls = next(n for n in code.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
+    params = {n.target.id: _unannotated(ast.unparse(n.annotation)) for n in cls.body if isinstance(n, ast.AnnAssign)}
     assert set(params) & RESERVED == set()
     kinds = {name: ("node" if ann.startswith("vtkMRML") else ann) for name, ann in params.items()}
     assert set(kinds.values()) <= set(CONNECTORS), kinds
@@ -138,7 +164,7 @@ def test_parameter_bindings_have_widgets_slicer_can_connect():
             if prop.get("name") == "SlicerParameterName":
                 assert prop.get("stdset") == "0", "a dynamic property needs stdset=0"
                 bound[prop.find("string").text] = w
-    assert {"t1", "t1ce", "t2", "flair", "outputSegmentation", "fast", "createLabelmap"} <= set(bound)
+    assert MODULES[module][1] <= set(bound)
     for name, w in bound.items():
         assert name in params, f"{w.get('name')} binds unknown parameter {name}"
         assert w.get("class") in CONNECTORS[kinds[name]], f"{w.get('name')} ({w.get('class')}) cannot hold {params[name]}"
@@ -148,15 +174,16 @@ def test_parameter_bindings_have_widgets_slicer_can_connect():
             assert types == [params[name]], (name, types)
 
 
-def test_mrml_widgets_receive_the_scene_and_custom_widgets_are_declared():
-    tree, widgets = _ui()
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_mrml_widgets_receive_the_scene_and_custom_widgets_are_declared(module):
+    tree, widgets = _ui(module)
     root = tree.find("widget")
-    assert root.get("class") == "qMRMLWidget" and root.get("name") == "BraTSMamba"
+    assert root.get("class") == "qMRMLWidget" and root.get("name") == module
     connected = {(c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
                  for c in tree.iter("connection")}
     for name, cls in widgets.items():
         if cls.startswith("qMRML") and name != root.get("name"):
-            assert ("BraTSMamba", "mrmlSceneChanged(vtkMRMLScene*)", name, "setMRMLScene(vtkMRMLScene*)") in connected, name
+            assert (module, "mrmlSceneChanged(vtkMRMLScene*)", name, "setMRMLScene(vtkMRMLScene*)") in connected, name
     declared = {c.findtext("class"): c for c in tree.iter("customwidget")}
     for cls in set(widgets.values()):
         if cls not in QT_STANDARD:
@@ -168,11 +195,12 @@ def test_mrml_widgets_receive_the_scene_and_custom_widgets_are_declared():
         assert layout.get("class") in QT_STANDARD, layout.get("class")
 
 
-def test_widget_members_table_covers_the_ui_classes():
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_widget_members_table_covers_the_ui_classes(module):
     """The member table above must know every class the .ui uses, else the first test checks nothing."""
-    _, widgets = _ui()
+    _, widgets = _ui(module)
     assert set(widgets.values()) <= set(CLASSES)
-    text = UI.read_text()
+    text = (ROOT / module / "Resources/UI" / f"{module}.ui").read_text()
     assert not re.search(r"<enum>(?!Qt::|QPlainTextEdit::)", text)
 
 
@@ -191,3 +219,31 @@ def test_model_path_browse_button_picks_folders():
     names = {f.split("::")[1] for f in flags}
     assert all(f.startswith("ctkPathLineEdit::") for f in flags) and names <= PATH_FILTERS
     assert "Dirs" in names and "Files" not in names
+
+
+def test_training_module_path_edits_browse_what_they_hold():
+    """Folders browse folders; the review file is a file the module may create (Writable, not Readable)."""
+    tree, _ = _ui("BraTSMambaTrain")
+    for edit in (w for w in tree.iter("widget") if w.get("class") == "ctkPathLineEdit"):
+        flags = next(p for p in edit.findall("property") if p.get("name") == "filters").findtext("set").split("|")
+        names = {f.split("::")[1] for f in flags}
+        assert all(f.startswith("ctkPathLineEdit::") for f in flags) and names <= PATH_FILTERS, edit.get("name")
+        if edit.get("name") == "reviewFilePathLineEdit":
+            assert "Files" in names and "Dirs" not in names and "Readable" not in names
+        else:
+            assert "Dirs" in names and "Files" not in names, edit.get("name")
+
+
+def test_training_module_spin_boxes_are_bounded_by_their_parameters():
+    """parameterNodeWrapper sets a QSpinBox's range from WithinRange (else -2^31..2^31-1, guiConnectors.py)."""
+    code = ast.parse((ROOT / "BraTSMambaTrain/BraTSMambaTrain.py").read_text())
+    cls = next(n for n in code.body if isinstance(n, ast.ClassDef) and n.name == "BraTSMambaTrainParameterNode")
+    tree, _ = _ui("BraTSMambaTrain")
+    bound = {p.find("string").text: w.get("class") for w in tree.iter("widget") for p in w.findall("property")
+             if p.get("name") == "SlicerParameterName"}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and bound.get(node.target.id) == "QSpinBox":
+            ann = ast.unparse(node.annotation)
+            m = re.fullmatch(r"Annotated\[int, WithinRange\((\d+), (\d+)\)\]", ann)
+            assert m, f"{node.target.id}: {ann} needs WithinRange"
+            assert int(m.group(1)) <= node.value.value <= int(m.group(2)), node.target.id

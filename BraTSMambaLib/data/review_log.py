@@ -66,15 +66,16 @@ class ReviewLog:
         for r in C.REGIONS:
             v = (dice or {}).get(r)
             row[f"dice_{r}"] = "" if v is None or not math.isfinite(v) else f"{v:.4f}"
-        self.entries[case_id] = row
-        atomic_write_text(self.path, self.to_csv(), overwrite=True)
+        entries = {**self.entries, case_id: row}
+        atomic_write_text(self.path, self.to_csv(entries), overwrite=True)
+        self.entries = entries  # only once the file holds it
         return row
 
-    def to_csv(self) -> str:
+    def to_csv(self, entries: Mapping[str, Mapping[str, str]] | None = None) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
         w.writeheader()
-        for row in self.entries.values():
+        for row in (self.entries if entries is None else entries).values():
             w.writerow(row)
         return buf.getvalue()
 
