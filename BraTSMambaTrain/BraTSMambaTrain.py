@@ -486,12 +486,12 @@ class BraTSMambaTrainLogic(ScriptedLoadableModuleLogic):
         """`brats-mamba compare` over every run (fold folder with status.jsonl) under the compare folder."""
         from BraTSMambaLib.errors import BraTSInputError
         from BraTSMambaLib.mrml.cli_job import CompareJob
-        from BraTSMambaLib.training.status import find_status_files
+        from BraTSMambaLib.mrml.training_view import run_status_files
 
         root = _given(p.compareFolder) or _given(p.runFolder)
         if not root:
             raise BraTSInputError("Choose the folder holding the runs to compare.")
-        runs = [f.parent for f in find_status_files(root)]
+        runs = [f.parent for f in run_status_files(root)]
         if not runs:
             raise BraTSInputError(f"{root}: no run with a status.jsonl under it")
         job = CompareJob.for_runs(runs, test_cases=_given(p.testCasesFolder), env_base=slicer.util.startupEnvironment())

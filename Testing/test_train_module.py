@@ -92,6 +92,22 @@ def test_run_view_follows_a_growing_status_file(scene, run_tree):
     assert RunView(run_tree.parent / "nothing").status_file is None
 
 
+def test_runs_are_found_at_the_levels_of_an_nnunet_results_tree(run_tree):
+    from BraTSMambaLib.mrml.training_view import run_status_files
+
+    other = run_tree.parent / "fold_1"
+    other.mkdir()
+    shutil.copy(DEMO_STATUS, other / "status.jsonl")
+    deep = run_tree / "nested/fold_0"  # not a run layout: ignored
+    deep.mkdir(parents=True)
+    shutil.copy(DEMO_STATUS, deep / "status.jsonl")
+    both = [run_tree / "status.jsonl", other / "status.jsonl"]
+    for level in (run_tree.parent, run_tree.parents[1], run_tree.parents[2]):  # trainer, dataset, results
+        assert run_status_files(level) == both, level
+    assert run_status_files(run_tree) == [run_tree / "status.jsonl"]
+    assert run_status_files(run_tree / "missing") == []
+
+
 def test_csv_table_loading_types_and_errors(scene, tmp_path):
     from BraTSMambaLib.errors import BraTSInputError
     from BraTSMambaLib.mrml.training_view import table_from_csv, table_rows
@@ -193,3 +209,55 @@ def test_status_columns_match_the_status_fields():
     first = json.loads(DEMO_STATUS.read_text().splitlines()[0])
     numeric = {k for k in FIELDS if isinstance(first.get(k), (int, float)) and k != "iterations"}
     assert numeric == {k for k, _ in STATUS_COLUMNS}
+
+
+BLOCKER = """
+import importlib.abc, json, sys
+BLOCK = {"torch", "monai", "nnunetv2", "nibabel", "nilearn", "safetensors", "slicerio", "tqdm", "matplotlib", "scipy"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError(f"{name} is not shipped with Slicer")
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [%r, %r]
+import slicer
+from BraTSMambaLib.mrml import cli_job, training_view
+try:
+    from BraTSMambaLib.nets import list_models
+    models = list_models()
+except ImportError:
+    models = []
+scene = slicer.vtkMRMLScene()
+view = training_view.RunView(__import__("pathlib").Path(%r))
+print(json.dumps({"models": models, "refreshed": view.refresh(scene), "rows": view.table.GetNumberOfRows(),
+                  "args": cli_job.train_arguments(500, "segmamba", 0)}))
+"""
+
+
+def test_live_view_works_before_the_packages_are_installed():
+    """Watching a run trained elsewhere needs only what Slicer ships (numpy, vtk, MRML): the module's model
+    list falls back to an editable combo, and the table and curves come without torch or matplotlib."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", BLOCKER % (str(ROOT / "BraTSMamba"), str(ROOT), str(DEMO_STATUS.parent))],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["models"] == [] and out["refreshed"] and out["rows"] == len(DEMO_STATUS.read_text().splitlines())
+    assert out["args"][:2] == ["train", "500"]
+
+
+def test_module_file_parses_on_slicer_58_python():
+    """Slicer 5.8 (Python 3.9) must load the module far enough to say it needs a newer Slicer."""
+    import ast
+
+    source = (ROOT / "BraTSMambaTrain/BraTSMambaTrain.py").read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    for node in ast.walk(tree):  # annotations are evaluated at runtime (no __future__ import): no PEP 604 unions
+        ann = getattr(node, "annotation", None) if isinstance(node, (ast.arg, ast.AnnAssign)) else None
+        assert ann is None or "|" not in ast.unparse(ann), ast.unparse(ann)
+        assert not isinstance(node, ast.Match)
+    top = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
+           for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert top <= {"html", "importlib", "logging", "os", "pathlib", "sys", "typing", "qt", "slicer", "vtk"}, top

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from BraTSMambaLib.data import conventions as cv
 from BraTSMambaLib.errors import BraTSInputError
-from BraTSMambaLib.training.status import PROGRESS_FILE, STATUS_FILE, find_status_files, read_status
+from BraTSMambaLib.training.status import PROGRESS_FILE, STATUS_FILE, read_status
 
 #: (status.jsonl key, table column title), in table order.
 STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -82,6 +82,22 @@ def status_chart(scene, table, name: str = "Training curves", *, target=None):
     return chart
 
 
+#: Where status.jsonl files are looked for under a chosen folder, in nnU-Net's results layout
+#: (`Dataset<NNN>_<name>/<trainer>__<plans>__<configuration>/fold_<F>`): a fold folder, a trainer
+#: folder, a dataset folder, or the results folder. Bounded on purpose (no recursive search): the
+#: panel re-checks while the user types a path, which may be a large tree.
+RUN_PATTERNS: tuple[str, ...] = (STATUS_FILE, f"fold_*/{STATUS_FILE}", f"*__*__*/fold_*/{STATUS_FILE}",
+                                 f"Dataset*/*__*__*/fold_*/{STATUS_FILE}")
+
+
+def run_status_files(root: str | os.PathLike) -> list[Path]:
+    """status.jsonl files of the runs at or just below `root` (see RUN_PATTERNS), sorted."""
+    p = Path(root)
+    if not p.is_dir():
+        return []
+    return sorted({f for pattern in RUN_PATTERNS for f in p.glob(pattern) if f.is_file()})
+
+
 @dataclass
 class RunView:
     """The live view of one run folder: re-reads status.jsonl only when the file changed.
@@ -99,7 +115,7 @@ class RunView:
 
     @property
     def status_file(self) -> Path | None:
-        files = find_status_files(self.root) if Path(self.root).is_dir() else []
+        files = run_status_files(self.root)
         return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
 
     @property
@@ -173,5 +189,5 @@ def table_rows(table) -> list[dict[str, Any]]:
     return [{c.GetName(): c.GetValue(i) for c in cols} for i in range(t.GetNumberOfRows())]
 
 
-__all__ = ["CURVES", "STATUS_COLUMNS", "STATUS_FILE", "RunView", "status_chart", "status_table", "table_from_csv",
-           "table_rows"]
+__all__ = ["CURVES", "RUN_PATTERNS", "STATUS_COLUMNS", "RunView", "run_status_files", "status_chart", "status_table",
+           "table_from_csv", "table_rows"]
