@@ -118,7 +118,7 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._compareJob = None
         self._runView = None
         self._session = None
-        self._shownLines = 0
+        self._shownLines = {}  # job -> output lines already in the log
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
@@ -244,7 +244,6 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as e:
             self._showError(self.ui.trainStatusLabel, str(e))
             return
-        self._shownLines = 0
         self.ui.logTextEdit.clear()
         self.ui.trainStatusLabel.text = f"Training {model}, dataset {p.datasetId}, fold {p.fold}..."
         self._updateButtons()
@@ -262,8 +261,6 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as e:
             self._showError(self.ui.compareStatusLabel, str(e))
             return
-        self._shownLines = 0
-        self.ui.logTextEdit.clear()
         self.ui.compareStatusLabel.text = "Comparing..."
         self._updateButtons()
         self._ensureTimer()
@@ -279,8 +276,7 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 done = job.poll()
             except Exception as e:  # a timer callback that raised would raise again every tick
-                job.cancel()
-                job.error = f"Failed: {e}"
+                job.abort(f"Failed: {e}")
                 done = True
             self._showNewLogLines(job)
             if done:
@@ -295,14 +291,15 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showNewLogLines(self, job) -> None:
         lines = job.process.lines if job.process else []
-        for line in lines[self._shownLines:]:
+        for line in lines[self._shownLines.get(id(job), 0):]:
             self.ui.logTextEdit.appendPlainText(line)
-        self._shownLines = len(lines)
+        self._shownLines[id(job)] = len(lines)
 
     def _finishTrain(self) -> None:
         job, self._trainJob = self._trainJob, None
         if job is not None:
             self._showNewLogLines(job)
+            self._shownLines.pop(id(job), None)
             if job.cancelled:
                 self.ui.trainStatusLabel.text = "Cancelled (the process tree was stopped; resume with 'Continue')."
             elif job.error:
@@ -316,6 +313,7 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job, self._compareJob = self._compareJob, None
         if job is not None:
             self._showNewLogLines(job)
+            self._shownLines.pop(id(job), None)
             if job.cancelled:
                 self.ui.compareStatusLabel.text = "Cancelled."
             elif job.error:
@@ -323,11 +321,13 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:
                 try:
                     table = self.logic.loadCompareTable(job)
+                    self.ui.logTextEdit.appendPlainText(job.table_md.read_text(encoding="utf-8"))
                 except Exception as e:
                     self._showError(self.ui.compareStatusLabel, str(e))
                 else:
                     self.ui.compareTableView.setMRMLTableNode(table)
-                    self.ui.compareStatusLabel.text = f"{table.GetNumberOfRows()} runs compared ({job.table_md})."
+                    self.ui.compareStatusLabel.text = f"{table.GetNumberOfRows()} runs compared (Markdown table in the log)."
+            job.cleanup()
         self._updateButtons()
 
     def _updateButtons(self) -> None:

@@ -146,7 +146,8 @@ def test_compare_job_runs_the_cli_and_its_table_loads(scene, run_tree):
             assert math.isclose(rows[0][key], expected[key], rel_tol=1e-9), key
         assert "| Run |" in job.table_md.read_text()
     finally:
-        shutil.rmtree(job.workdir, ignore_errors=True)
+        job.cleanup()
+    assert not job.workdir.exists()
 
 
 def test_train_arguments_parse_with_the_train_command(tmp_path):

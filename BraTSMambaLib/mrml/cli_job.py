@@ -11,6 +11,7 @@ Slicer and in a loop by scripts and tests:
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,13 @@ class CliJob:
             self.process.cancel()
             self.poll()
 
+    def abort(self, reason: str) -> None:
+        """Stop the job after an error outside the process (kill it, record `reason`)."""
+        if self.process is not None and not self.process.finished:
+            self.process.cancel()
+        self.error = self.error or reason
+        self.done = True
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (scripts, tests); True on success. A timeout cancels the job."""
         import time
@@ -164,3 +172,8 @@ class CompareJob(CliJob):
     def table_md(self) -> Path | None:
         p = self.workdir / "table1.md" if self.workdir else None
         return p if p is not None and p.is_file() and self.done and self.error is None else None
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (load the table first)."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
