@@ -534,8 +534,8 @@ class BraTSMambaTrainLogic(ScriptedLoadableModuleLogic):
         if loaded.metrics is None:
             what = ("no prediction" if loaded.prediction is None else "no ground truth")
             return f"No scores ({what} for this case)."
-        return "  ".join(f"{r}: Dice {loaded.metrics[r]['dice']:.3f}, HD95 {loaded.metrics[r]['hd95']:.1f} mm"
-                         for r in C.REGIONS)
+        return "\n".join(f"{r}: Dice {loaded.metrics[r]['dice']:.3f}, HD95 {loaded.metrics[r]['hd95']:.1f} mm"
+                          for r in C.REGIONS)
 
     @staticmethod
     def saveCorrected(session, p: BraTSMambaTrainParameterNode) -> pathlib.Path:
