@@ -310,6 +310,12 @@ def summary(rows: list[dict], tile_forwards: int) -> list[str]:
     return lines
 
 
+def write_json(path: str | None, env: dict, info: dict, rows: list[dict], best: dict | None = None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"env": env, "models": info, "rows": rows, "best": best}, indent=1))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["segmamba", "umambabot"])
@@ -395,6 +401,7 @@ def main(argv=None) -> int:
                 x_all = inputs[name][:max(batches)].to(device)
                 rows += run_variant(name, variant, batches, x_all, args, flops, references[name], deadline)
                 del x_all
+                write_json(args.json, env, info, rows)  # after every variant: a killed run keeps its rows
     log("\n".join(summary(rows, args.tile_forwards)))
     best = {}
     for r in rows:
@@ -403,10 +410,7 @@ def main(argv=None) -> int:
     for name, r in best.items():
         log(f"best {name}: {r['variant']} batch {r['batch']}: {r['ms_per_tile']:.2f} ms/tile, "
             f"{r['predicted_case_network_s']:.3f} s per case ({args.tile_forwards} tile-forwards)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"env": env, "models": info, "rows": rows,
-                                               "best": {k: v["variant"] for k, v in best.items()}}, indent=1))
+    write_json(args.json, env, info, rows, {k: v["variant"] for k, v in best.items()})
     return 0
 
 

@@ -147,6 +147,43 @@ def parse_config(text: str) -> dict:
     return out
 
 
+def stage_breakdown(case, model, repeats: int = 2) -> dict:
+    """Seconds (best of `repeats`) of the CPU-side pieces of preprocess and postprocess on this case:
+    nnU-Net's nonzero mask (binary_fill_holes), its whole crop, the whole preprocessing, and restoring
+    + labelling a probability map that starts on the model's device (as the predictor leaves it)."""
+    from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask, crop_to_nonzero
+
+    from BraTSMambaLib.inference import postprocessing as P
+    from BraTSMambaLib.inference.preprocessing import preprocess, restore
+
+    pm, cm, dj = model.plans
+    data = case.array()
+    spacing_zyx = tuple(reversed(case.reference.GetSpacing()))
+    spacing_xyz = tuple(case.reference.GetSpacing())
+    out: dict = {}
+
+    def best(key, fn):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            res = fn()
+            _sync(model.device)
+            times.append(time.perf_counter() - t0)
+        out[key] = round(min(times), 4)
+        return res
+
+    best("nonzero_mask_fill_holes", lambda: create_nonzero_mask(data))
+    best("crop_to_nonzero", lambda: crop_to_nonzero(data.copy(), None))
+    pre, props = best("preprocess_total", lambda: preprocess(data, spacing_zyx, pm, cm, dj))
+    prob = torch.rand((3, *pre.shape[1:]), generator=torch.Generator().manual_seed(0)).to(model.device)
+    full = best("restore_incl_device_to_host", lambda: restore(prob, props, pm, cm, dj))
+    labels = best("threshold_and_label_map", lambda: P.label_map(P.region_masks(full), "2021"))
+    regions = best("consistent_regions", lambda: P.consistent_regions(labels, "2021"))
+    best("volumes", lambda: P.volumes_ml(regions, labels, spacing_xyz, "2021"))
+    out["cropped_shape"] = list(pre.shape[1:])
+    return out
+
+
 def config_from_variant(variant: str, batch: int) -> dict:
     """The pipeline settings of a benchmarks/forward_gpu.py variant (a CUDA graph has no pipeline
     equivalent: its eager base is used), with tiles per forward = the variant's batch."""
@@ -257,8 +294,11 @@ def main(argv=None) -> int:
         entry: dict = {"ours": []}
         model = None
         mine = list(configs)
+        def key(c: dict) -> dict:  # tiles per forward None = the CUDA default, 8
+            return {**c, "tiles_per_forward": c.get("tiles_per_forward") or 8}
+
         for cfg in best_configs(args.best_from, name) if args.best_from else []:
-            if {**base, **cfg} not in mine:
+            if key({**base, **cfg}) not in [key(c) for c in mine]:
                 mine.append({**base, **cfg})
         for cfg in mine:
             opts = SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap, overwrite=True, **cfg)
@@ -287,6 +327,16 @@ def main(argv=None) -> int:
             entry["ours"].append(row)
             if len(mine) > 1 or args.no_stock:
                 model = None if model is None else _release(model)
+        try:
+            stages_model = model or load_model(pkg, SegmentOptions(device=args.device, tta=1, precision="fp32",
+                                                                   memory_format="contiguous"))
+            entry["cpu_stage_breakdown_s"] = stage_breakdown(case, stages_model)
+            print(f"  CPU-side pieces (best of 2, s): {entry['cpu_stage_breakdown_s']}", flush=True)
+            if stages_model is not model:
+                _release(stages_model)
+        except Exception as e:  # noqa: BLE001
+            entry["cpu_stage_breakdown_s"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+            print(f"  CPU-side pieces FAILED: {entry['cpu_stage_breakdown_s']['error']}", flush=True)
         if not args.no_stock:
             try:
                 if model is None:
