@@ -57,8 +57,8 @@ MAIN = ("autocast", "autocast_cl", "bf16", "bf16_cl")
 #: predictor's batch (8 = 1 tile x 8 flips) and 2 first, then the extras at 8, then the other batches.
 DEFAULT_PHASES = [
     [(v, [8, 2]) for v in MAIN],
-    [("bf16_cl_graph", [8]), ("bf16_cl_compileconvs", [8]), ("autocast_cl_nobench", [8]),
-     ("autocast_nobench", [8]), ("bf16_cl_compile", [8]), ("autocast_compile", [8])],
+    [("bf16_cl_graph", [8]), ("bf16_cl_compileconvs", [8]), ("bf16_cl_compile", [8]),
+     ("autocast_cl_nobench", [8]), ("autocast_nobench", [8]), ("autocast_compile", [8])],
     [(v, [16, 4, 1]) for v in MAIN],
 ]
 
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-reps", type=int, default=3)
     p.add_argument("--target-s", type=float, default=1.0, help="timed seconds per measurement (adaptive reps)")
     p.add_argument("--variant-timeout-s", type=float, default=75.0)
-    p.add_argument("--compile-timeout-s", type=float, default=120.0)
+    p.add_argument("--compile-timeout-s", type=float, default=100.0)
     p.add_argument("--budget-s", type=float, default=280.0, help="whole run; variants that would not fit are skipped")
     p.add_argument("--json", default=None, help="write all rows and the environment to this file")
     args = p.parse_args(argv)
