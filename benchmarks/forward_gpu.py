@@ -358,9 +358,13 @@ def main(argv=None) -> int:
     big = max(b for ph in phases for _, bs in ph for b in bs)
     from BraTSMambaLib.ssm import resolve_backend
 
+    try:
+        backend = resolve_backend("auto", device)
+    except Exception as e:  # noqa: BLE001 - reported; the Mamba models then fail per variant
+        backend = f"unavailable: {e}"
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-           "scan_backend": resolve_backend("auto", device), "size": args.size, "tiny": args.tiny,
+           "scan_backend": backend, "size": args.size, "tiny": args.tiny,
            "compile_mode": args.compile_mode, "tile_forwards": args.tile_forwards}
     try:
         import triton
