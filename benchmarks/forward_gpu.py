@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import sys
@@ -217,7 +216,7 @@ def run_variant(name: str, variant: str, batches: list[int], x_all: torch.Tensor
     """Rows (one per batch) for one network and variant; errors are rows too."""
     device = x_all.device
     rows = []
-    base, suffix = parse_variant(variant)
+    suffix = parse_variant(variant)[1]
     bench = suffix != "_nobench"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bench

@@ -326,7 +326,7 @@ def main(argv=None) -> int:
                 print(f"  ours {cfg}: FAILED {row['error']}", flush=True)
             entry["ours"].append(row)
             if len(mine) > 1 or args.no_stock:
-                model = None if model is None else _release(model)
+                model = _release(model) if model is not None else None
         try:
             stages_model = model or load_model(pkg, SegmentOptions(device=args.device, tta=1, precision="fp32",
                                                                    memory_format="contiguous"))
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001
                 entry["stock_nnunet"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
                 print(f"  stock nnUNetPredictor FAILED: {entry['stock_nnunet']['error']}", flush=True)
-            model = None if model is None else _release(model)
+            model = _release(model) if model is not None else None
         results["models"][name] = entry
         if args.json:  # after every model, so a later failure keeps what was measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -372,9 +372,8 @@ def _release(model) -> None:
         from torch import _dynamo
 
         _dynamo.reset()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001, S110 - Dynamo may be unusable here; nothing to reset then
         pass
-    return None
 
 
 if __name__ == "__main__":
