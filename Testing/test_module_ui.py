@@ -239,11 +239,17 @@ def test_training_module_spin_boxes_are_bounded_by_their_parameters():
     code = ast.parse((ROOT / "BraTSMambaTrain/BraTSMambaTrain.py").read_text())
     cls = next(n for n in code.body if isinstance(n, ast.ClassDef) and n.name == "BraTSMambaTrainParameterNode")
     tree, _ = _ui("BraTSMambaTrain")
-    bound = {p.find("string").text: w.get("class") for w in tree.iter("widget") for p in w.findall("property")
+    bound = {p.find("string").text: w for w in tree.iter("widget") for p in w.findall("property")
              if p.get("name") == "SlicerParameterName"}
+    spins = 0
     for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and bound.get(node.target.id) == "QSpinBox":
+        if isinstance(node, ast.AnnAssign) and node.target.id in bound and bound[node.target.id].get("class") == "QSpinBox":
+            spins += 1
             ann = ast.unparse(node.annotation)
             m = re.fullmatch(r"Annotated\[int, WithinRange\((\d+), (\d+)\)\]", ann)
             assert m, f"{node.target.id}: {ann} needs WithinRange"
             assert int(m.group(1)) <= node.value.value <= int(m.group(2)), node.target.id
+            ui_range = {p.get("name"): int(p.findtext("number")) for p in bound[node.target.id].findall("property")
+                        if p.get("name") in ("minimum", "maximum")}  # the .ui agrees before the wrapper connects
+            assert ui_range == {"minimum": int(m.group(1)), "maximum": int(m.group(2))}, node.target.id
+    assert spins == 3
