@@ -383,18 +383,23 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not 0 <= index < len(session.cases):
             self.ui.reviewStatusLabel.text = "No further case in that direction."
             return
+        case = session.cases[index]
         try:
             loaded = self.logic.showCase(session, index)
-        except Exception as e:
-            self._showError(self.ui.reviewStatusLabel, f"{session.cases[index].case_id}: {e}")
-            return
-        self.ui.caseLabel.text = f"{loaded.case.case_id} ({index + 1}/{len(session.cases)})"
-        self.ui.metricsLabel.text = self.logic.metricsText(loaded)
-        entry = session.log.verdict(loaded.case.case_id)
+        except Exception as e:  # the case stays current (without nodes) so that it can be rejected
+            loaded = None
+            self.ui.metricsLabel.text = "Could not be loaded (see the log); it can still be given a verdict."
+            self._showError(self.ui.reviewStatusLabel, f"{case.case_id}: {e}")
+        self.ui.caseLabel.text = f"{case.case_id} ({session.index + 1}/{len(session.cases)})"
+        entry = session.log.verdict(session.current.case_id)
         self.ui.noteLineEdit.text = entry["note"] if entry else ""
         self.ui.verdictLabel.text = f"Verdict: {entry['verdict']} ({entry['time']})" if entry else "No verdict yet."
+        if loaded is None:
+            return
+        self.ui.metricsLabel.text = self.logic.metricsText(loaded)
         self.ui.reviewStatusLabel.text = session.progress_text()
-        self._parameterNode.editedSegmentation = loaded.prediction or loaded.ground_truth
+        self._parameterNode.editedSegmentation = (loaded.prediction if loaded.prediction is not None
+                                                  else loaded.ground_truth)
 
     def onVerdict(self, verdict: str) -> None:
         if self._session is None:

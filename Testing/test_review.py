@@ -161,6 +161,34 @@ def test_a_prediction_on_another_grid_is_refused_and_nothing_stays(cases, tmp_pa
     assert scene.GetNumberOfNodes() <= before + 8  # at most leftover storage/display helpers, no data nodes
 
 
+def test_a_broken_folder_is_skipped_and_a_case_that_fails_to_load_can_be_rejected(cases, tmp_path):
+    from BraTSMambaLib.data.phantom import phantom_case_id
+    from BraTSMambaLib.errors import BraTSInputError
+    from BraTSMambaLib.mrml.review import ReviewSession
+
+    root = tmp_path / "cases"
+    shutil.copytree(cases / "cases", root)
+    cid = phantom_case_id(1)
+    (root / cid / f"{cid}_flair.nii.gz").unlink()  # case 1 lacks its FLAIR: skipped, named
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    cid2 = phantom_case_id(2)
+    bad = sitk.ReadImage(str(root / cid2 / f"{cid2}_seg.nii.gz"))
+    bad.SetSpacing((2.0, 2.0, 2.0))  # a prediction on another grid
+    sitk.WriteImage(bad, str(preds / f"{cid2}.nii.gz"))
+    session = ReviewSession.open(root, tmp_path / "review.csv", preds)
+    assert [c.case_id for c in session.cases] == [cid2, phantom_case_id(3)]
+    assert len(session.skipped) == 1 and "missing FLAIR" in session.skipped[0] and "skipped" in session.progress_text()
+    scene = _scene()
+    session.show(scene, 1)
+    with pytest.raises(BraTSInputError, match="grid does not match"):
+        session.show(scene, 0)
+    assert session.index == 0 and session.loaded is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0  # case 3's nodes went with it
+    row = session.record("reject", "prediction on the wrong grid")
+    assert (row["case"], row["dice_WT"]) == (cid2, "")
+
+
 def test_verdicts_are_written_atomically_and_the_review_resumes(cases, tmp_path):
     from BraTSMambaLib.data.review_log import FIELDS, ReviewLog
     from BraTSMambaLib.errors import BraTSInputError

@@ -10,7 +10,7 @@ from `data.conventions`), scores come from `metrics.region_metrics`, verdicts go
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
@@ -47,29 +47,39 @@ def _prediction_files(folder: Path) -> list[Path]:
     return sorted(best.values())
 
 
-def list_review_cases(cases_dir: str | os.PathLike, predictions_dir: str | os.PathLike | None = None) -> list[ReviewCase]:
-    """Every valid case folder under `cases_dir` (sorted), each with its prediction from `predictions_dir`.
+def find_review_cases(cases_dir: str | os.PathLike, predictions_dir: str | os.PathLike | None = None
+                      ) -> tuple[list[ReviewCase], list[str]]:
+    """(valid case folders under `cases_dir`, sorted, each with its prediction; problems of the folders skipped).
 
     Predictions are matched by case id as `brats-mamba evaluate` matches them (`metrics.match_cases`).
-    BraTSInputError when there is no case, or a folder to review holds files of a broken case.
+    A folder with a missing, duplicate or ambiguous file is skipped with its problem, so that one broken
+    case does not block a review of many; BraTSInputError when no valid case remains.
     """
     from BraTSMambaLib.data.case import find_cases, scan_folder
     from BraTSMambaLib.metrics.evaluate import match_cases
 
-    folders = find_cases(cases_dir)
-    cases = []
-    for folder in folders:
+    cases, problems = [], []
+    for folder in find_cases(cases_dir):
         scan = scan_folder(folder)
         if scan.problems:
-            raise BraTSInputError("; ".join(scan.problems))
+            problems.append("; ".join(scan.problems))
+            continue
         cases.append(ReviewCase(scan.case_id, folder, scan.naming, "seg" in scan.files))
     if not cases:
-        raise BraTSInputError(f"{cases_dir}: no BraTS case folders found")
+        raise BraTSInputError(f"{cases_dir}: no BraTS case folders found" + (f" ({problems[0]})" if problems else ""))
     if predictions_dir:
         by_ref = {Path(C.NAMINGS["brats2021"].filename(c.case_id, "seg")): c for c in cases}
         pairs, _, _ = match_cases(_prediction_files(Path(predictions_dir)), list(by_ref))
         for _cid, pred, ref in pairs:
             by_ref[ref].prediction = pred
+    return cases, problems
+
+
+def list_review_cases(cases_dir: str | os.PathLike, predictions_dir: str | os.PathLike | None = None) -> list[ReviewCase]:
+    """Like `find_review_cases`, but a broken case folder is an error (BraTSInputError naming its files)."""
+    cases, problems = find_review_cases(cases_dir, predictions_dir)
+    if problems:
+        raise BraTSInputError("; ".join(problems))
     return cases
 
 
@@ -206,25 +216,35 @@ class ReviewSession:
     index: int = 0
     loaded: LoadedCase | None = None
     reviewer: str = ""
+    skipped: list[str] = field(default_factory=list)  # problems of case folders left out
 
     @classmethod
     def open(cls, cases_dir: str | os.PathLike, review_file: str | os.PathLike,
              predictions_dir: str | os.PathLike | None = None, reviewer: str = "") -> "ReviewSession":
         """List the cases, read the verdicts given so far, and start at the first case without one."""
-        cases = list_review_cases(cases_dir, predictions_dir)
+        cases, skipped = find_review_cases(cases_dir, predictions_dir)
         log = ReviewLog.open(review_file)
-        return cls(cases, log, log.first_unreviewed([c.case_id for c in cases]), reviewer=reviewer)
+        return cls(cases, log, log.first_unreviewed([c.case_id for c in cases]), reviewer=reviewer, skipped=skipped)
 
     @property
     def current(self) -> ReviewCase:
         return self.cases[self.index]
 
     def show(self, scene, index: int | None = None, *, show3d: bool = False) -> LoadedCase:
-        """Load case `index` (default: the current one), replacing the previous case's nodes."""
+        """Load case `index` (default: the current one), replacing the previous case's nodes.
+
+        A case that cannot be loaded still becomes the current one (with no nodes), so that it can be
+        given a verdict (e.g. reject, with the error as the note); the error is raised.
+        """
         index = self.index if index is None else index
         if not 0 <= index < len(self.cases):
             raise BraTSInputError(f"case index {index} outside 0..{len(self.cases) - 1}")
-        loaded = load_review_case(scene, self.cases[index], show3d=show3d)
+        try:
+            loaded = load_review_case(scene, self.cases[index], show3d=show3d)
+        except BraTSInputError:
+            remove_loaded(scene, self.loaded)
+            self.index, self.loaded = index, None
+            raise
         remove_loaded(scene, self.loaded)
         self.index, self.loaded = index, loaded
         return loaded
@@ -246,4 +266,5 @@ class ReviewSession:
         counts = self.log.counts(ids)
         done = sum(counts.values())
         detail = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-        return f"case {self.index + 1}/{len(self.cases)}; reviewed {done}" + (f" ({detail})" if detail else "")
+        text = f"case {self.index + 1}/{len(self.cases)}; reviewed {done}" + (f" ({detail})" if detail else "")
+        return text + (f"; {len(self.skipped)} folder(s) skipped: {self.skipped[0]}" if self.skipped else "")
