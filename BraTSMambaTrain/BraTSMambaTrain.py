@@ -20,7 +20,6 @@ from typing import Annotated, Optional
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -219,7 +218,8 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.runInfoLabel.text = (f"{len(view.records)} epochs in {view.status_file}"
                                          + (f"; model {last['model']}" if last.get("model") else ""))
         elif view.status_file is None:
-            self.ui.runInfoLabel.text = "No status.jsonl in this folder yet (a run trained with a BraTSMamba trainer writes one per epoch)."
+            self.ui.runInfoLabel.text = ("No status.jsonl in this folder yet (a run trained with a BraTSMamba "
+                                         "trainer writes one per epoch).")
 
     def onShowCurves(self) -> None:
         if self._runView is None or self._runView.chart is None:
@@ -326,7 +326,8 @@ class BraTSMambaTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._showError(self.ui.compareStatusLabel, str(e))
                 else:
                     self.ui.compareTableView.setMRMLTableNode(table)
-                    self.ui.compareStatusLabel.text = f"{table.GetNumberOfRows()} runs compared (Markdown table in the log)."
+                    self.ui.compareStatusLabel.text = (f"{table.GetNumberOfRows()} runs compared "
+                                                       "(Markdown table in the log).")
             job.cleanup()
         self._updateButtons()
 
@@ -510,7 +511,10 @@ class BraTSMambaTrainLogic(ScriptedLoadableModuleLogic):
         if job.table_csv is None:
             raise RuntimeError("brats-mamba compare finished without writing its table")
         name = "BraTSMamba run comparison"
-        return table_from_csv(slicer.mrmlScene, job.table_csv, name, target=target or slicer.mrmlScene.GetFirstNodeByName(name))
+        if target is None:  # a later comparison refills the table of the previous one
+            old = slicer.mrmlScene.GetFirstNodeByName(name)
+            target = old if old is not None and old.IsA("vtkMRMLTableNode") else None
+        return table_from_csv(slicer.mrmlScene, job.table_csv, name, target=target)
 
     # --- review ---
 

@@ -141,7 +141,8 @@ def test_compare_job_runs_the_cli_and_its_table_loads(scene, run_tree):
         rows = table_rows(table)
         assert [table.GetColumnName(j) for j in range(table.GetNumberOfColumns())] == [k for k, _ in COLUMNS]
         expected = run_row(run_tree)  # the same numbers computed in this process
-        assert len(rows) == 1 and rows[0]["run"] == expected["run"] and rows[0]["architecture"] == expected["architecture"]
+        assert len(rows) == 1
+        assert (rows[0]["run"], rows[0]["architecture"]) == (expected["run"], expected["architecture"])
         for key in ("epochs", "epoch_s_min", "epoch_s_max", "final_train_loss", "train_dice_WT", "train_dice_ET"):
             assert math.isclose(rows[0][key], expected[key], rel_tol=1e-9), key
         assert "| Run |" in job.table_md.read_text()
@@ -241,8 +242,8 @@ def test_live_view_works_before_the_packages_are_installed():
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", BLOCKER % (str(ROOT / "BraTSMamba"), str(ROOT), str(DEMO_STATUS.parent))],
-                         capture_output=True, text=True, timeout=120)
+    code = BLOCKER % (str(ROOT / "BraTSMamba"), str(ROOT), str(DEMO_STATUS.parent))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["models"] == [] and out["refreshed"] and out["rows"] == len(DEMO_STATUS.read_text().splitlines())

@@ -75,7 +75,8 @@ def find_review_cases(cases_dir: str | os.PathLike, predictions_dir: str | os.Pa
     return cases, problems
 
 
-def list_review_cases(cases_dir: str | os.PathLike, predictions_dir: str | os.PathLike | None = None) -> list[ReviewCase]:
+def list_review_cases(cases_dir: str | os.PathLike,
+                      predictions_dir: str | os.PathLike | None = None) -> list[ReviewCase]:
     """Like `find_review_cases`, but a broken case folder is an error (BraTSInputError naming its files)."""
     cases, problems = find_review_cases(cases_dir, predictions_dir)
     if problems:

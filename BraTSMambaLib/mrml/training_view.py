@@ -25,7 +25,8 @@ STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 #: Curves of the training chart: (column title, RGB). Dice curves take the regions' colours.
-LOSS_COLORS: Mapping[str, tuple[float, float, float]] = {"Train loss": (0.12, 0.47, 0.71), "Val loss": (0.84, 0.15, 0.16)}
+LOSS_COLORS: Mapping[str, tuple[float, float, float]] = {"Train loss": (0.12, 0.47, 0.71),
+                                                         "Val loss": (0.84, 0.15, 0.16)}
 CURVES: tuple[tuple[str, tuple[float, float, float]], ...] = (
     *LOSS_COLORS.items(), *((f"Dice {r}", cv.REGION_COLORS[r]) for r in cv.REGIONS))
 
