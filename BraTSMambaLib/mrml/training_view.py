@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from BraTSMambaLib.data import conventions as cv
 from BraTSMambaLib.errors import BraTSInputError
-from BraTSMambaLib.training.status import PROGRESS_FILE, STATUS_FILE, read_status
+from BraTSMambaLib.training.status import STATUS_FILE, read_status
 
 #: (status.jsonl key, table column title), in table order.
 STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -118,12 +118,6 @@ class RunView:
     def status_file(self) -> Path | None:
         files = run_status_files(self.root)
         return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
-
-    @property
-    def progress_png(self) -> Path | None:
-        status = self.status_file
-        png = status.parent / PROGRESS_FILE if status else Path(self.root) / PROGRESS_FILE
-        return png if png.is_file() else None
 
     def refresh(self, scene, name: str = "Training status") -> bool:
         status = self.status_file
