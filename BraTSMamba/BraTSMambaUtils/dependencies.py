@@ -117,7 +117,7 @@ def ensure_dependencies(ask: bool = True) -> bool:
             import PyTorchUtils
         except ModuleNotFoundError:
             raise DependencyError("BraTSMamba needs the PyTorch extension: install 'PyTorch' from the Extensions "
-                                  "Manager, restart Slicer and press Segment again.") from None
+                                  "Manager, restart Slicer and try again.") from None
         torch_logic = PyTorchUtils.PyTorchUtilsLogic()
         if not torch_logic.torchInstalled():
             torch = torch_logic.installTorch(askConfirmation=ask, torchVersionRequirement=_torch_requirement())
