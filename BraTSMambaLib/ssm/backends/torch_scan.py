@@ -54,6 +54,8 @@ ACCEL_BUFFERS = 5
 #: chunk carries: sequential up to this many chunks, otherwise groups of CARRY_GROUP recursively
 CARRY_SEQUENTIAL = 16
 CARRY_GROUP = 8
+#: backward contractions over H as batched matmuls (None: on accelerators only)
+CONTRACT_H_BY_BMM: bool | None = None
 
 LOG2E = 1.4426950408889634
 
@@ -304,6 +306,18 @@ def _groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return B.repeat_interleave(G // B.shape[1], 1), C.repeat_interleave(G // C.shape[1], 1), G
 
 
+def _buffer(ws: dict | None, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A float32 tensor of `shape`, carved from a buffer reused across the segments of one call (`ws`):
+    fresh multi-megabyte allocations per segment cost page faults that grow with the sequence length."""
+    n = math.prod(shape)
+    if ws is None:
+        return torch.empty(shape, dtype=torch.float32, device=device)
+    buf = ws.get(name)
+    if buf is None or buf.numel() < n:
+        buf = ws[name] = torch.empty(n, dtype=torch.float32, device=device)
+    return buf[:n].view(shape)
+
+
 def _bmm_rows(R: int, *ts):
     return [t.reshape(R, *t.shape[-2:]) for t in ts]
 
@@ -384,14 +398,18 @@ class _Seg:
         return y5, hc[:, :, -1]
 
     # --- block schedule ----------------------------------------------------------------------------------
-    def decays(self) -> torch.Tensor:
-        """a = exp(dt A) for the whole block, (c, b, G, m, N, H)."""
-        a = torch.mul(self.dt5.unsqueeze(-2), self.A2)
-        return a.exp2_()
+    def block_shape(self) -> tuple[int, ...]:
+        return (self.c, self.b, self.G, self.m, self.N, self.H)
 
-    def inputs(self) -> torch.Tensor:
+    def decays(self, ws: dict | None = None) -> torch.Tensor:
+        """a = exp(dt A) for the whole block, (c, b, G, m, N, H)."""
+        a = _buffer(ws, "a", self.block_shape(), self.dt5.device)
+        return torch.mul(self.dt5.unsqueeze(-2), self.A2, out=a).exp2_()
+
+    def inputs(self, ws: dict | None = None) -> torch.Tensor:
         """x = dt u B for the whole block, (c, b, G, m, N, H)."""
-        return torch.mul(self.du5.unsqueeze(-2), self.B5.unsqueeze(-1))
+        x = _buffer(ws, "x", self.block_shape(), self.dt5.device)
+        return torch.mul(self.du5.unsqueeze(-2), self.B5.unsqueeze(-1), out=x)
 
     def states_block(self, a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
         """Overwrite x with the states h_t of the block (pass 1, carries, pass 2 in place); returns the
@@ -451,13 +469,13 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, for_backward=False):
     return out, h, states
 
 
-def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e):
+def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e, ws=None):
     """Gradients of one segment (block schedule); returns the adjoint carry a_s g_s (b, E, N) flowing into
     the previous segment."""
     b, G, H, N, m, c, R = sg.b, sg.G, sg.H, sg.N, sg.m, sg.c, sg.R
     E = G * H
-    a = sg.decays()
-    hs = sg.inputs()
+    a = sg.decays(ws)
+    hs = sg.inputs(ws)
     hc = sg.states_block(a, hs, h_in.view(b, G, H, N).transpose(2, 3))   # hs: states of every position
     dy5 = _layout(dout[..., s:e], G, m, c)
     if z is not None:
@@ -471,7 +489,7 @@ def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e):
         dy5.mul_(z5.mul_(zs))
     # adjoint: gbuf = C dy, then g_t = C_t dy_t + a_{t+1} g_{t+1} within chunks (pass 1 zero carry, carries
     # right to left, pass 2 in place)
-    gbuf = torch.mul(sg.C5.unsqueeze(-1), dy5.unsqueeze(-2))
+    gbuf = torch.mul(sg.C5.unsqueeze(-1), dy5.unsqueeze(-2), out=_buffer(ws, "g", sg.block_shape(), a.device))
     gcv = gc.view(b, G, H, N).transpose(2, 3)
     gs, as_ = gbuf.unbind(0), a.unbind(0)
     if m > 1:
@@ -486,13 +504,19 @@ def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e):
     for j in range(c - 2, -1, -1):
         gs[j].addcmul_(as_[j + 1], gs[j + 1])
     g_out = (a[0][:, :, 0] * gbuf[0][:, :, 0]).transpose(2, 3).reshape(b, E, N)
-    # contractions over N or H: one batched matmul each
+    # contractions over N (batched matmul) and over H (batched matmul on accelerators; on CPU, where MKL's
+    # tiny matrix-vector products are slow, a product into the free adjoint buffer and an inner sum)
     gv, hv = _bmm_rows(R, gbuf, hs)
     gB5 = torch.bmm(sg.B5.reshape(R, 1, N), gv).view(sg.dt5.shape)                 # sum_n B g
-    dB5 = torch.bmm(gv, sg.du5.reshape(R, H, 1)).view(sg.B5.shape)                 # sum_h g du
-    dC5 = torch.bmm(hv, dy5.reshape(R, H, 1)).view(sg.C5.shape)                    # sum_h h dy
+    if CONTRACT_H_BY_BMM if CONTRACT_H_BY_BMM is not None else a.device.type != "cpu":
+        dB5 = torch.bmm(gv, sg.du5.reshape(R, H, 1)).view(sg.B5.shape)             # sum_h g du
+        dC5 = torch.bmm(hv, dy5.reshape(R, H, 1)).view(sg.C5.shape)                # sum_h h dy
+        a.mul_(gbuf)
+    else:
+        a.mul_(gbuf)                                                                # before g is overwritten
+        dB5 = gbuf.mul_(sg.du5.unsqueeze(-2)).sum(-1)
+        dC5 = torch.mul(hs, dy5.unsqueeze(-2), out=gbuf).sum(-1)
     # q_t = g_t a_t h_{t-1} (into a)
-    a.mul_(gbuf)
     a[1:].mul_(hs[:-1])
     a[0].mul_(hc)
     qA = torch.mul(a, sg.A2, out=gbuf)
@@ -535,10 +559,11 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
     D32 = D.float() if D is not None else None
     gc = dlast.float() if dlast is not None else torch.zeros(b, E, N, **f32)
     bwd = _segments(b, E, N, L, u.device, "block")
+    ws: dict = {}
     for i in range(len(bwd) - 1, -1, -1):
         s, e, c = bwd[i]
         sg = _Seg(u, delta, B, C, delta_bias, softplus, A, s, e, c, backward=True)
-        gc = _segment_backward(sg, states[i], dout, z, D32, gc, grads, s, e)
+        gc = _segment_backward(sg, states[i], dout, z, D32, gc, grads, s, e, ws)
     grads["B"] = _fold_groups(grads["B"], B.shape[1])
     grads["C"] = _fold_groups(grads["C"], C.shape[1])
     return grads
