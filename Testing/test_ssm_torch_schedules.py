@@ -110,3 +110,34 @@ def test_block_schedule_on_cuda_matches_reference(monkeypatch, dtype, chunk):
     assert y.device.type == "cuda" and _rel(y, y_ref) <= tol and _rel(h, h_ref) <= max(tol, 1e-3)
     for k in g:
         assert _rel(g[k], g_ref[k]) <= tol, k
+
+
+@pytest.mark.parametrize("mode", ["step", "block"])
+def test_backward_uses_the_forward_segments(monkeypatch, mode):
+    """Settings that change between forward and backward (an environment variable, the free GPU memory)
+    must not change the backward's segments: it reuses the forward's."""
+    monkeypatch.setenv(torch_scan.MODE_ENV, mode)
+    monkeypatch.setenv(torch_scan.BLOCK_ENV, str(2 * 6 * 3 * 4 * 5))
+    monkeypatch.setenv(torch_scan.CHUNK_ENV, "4")
+    t = _inputs(2, 6, 150, 3, None, torch.float32, seed=15)
+    names = [k for k, v in t.items() if v is not None]
+    kw = {k: v for k, v in t.items() if k not in ("u", "delta", "A", "B", "C")}
+    y = torch_scan.selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], delta_softplus=True, **kw)
+    monkeypatch.setenv(torch_scan.BLOCK_ENV, str(10 ** 9))
+    monkeypatch.setenv(torch_scan.CHUNK_ENV, "32")
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    g = torch.autograd.grad(y, [t[k] for k in names], gy)
+    y_ref = _run("reference", t, True, False)[0]
+    g_ref = torch.autograd.grad(
+        torch_scan_reference(t), [t[k] for k in names], gy)
+    assert _rel(y, y_ref) <= 1e-5
+    for k, a, b in zip(names, g, g_ref):
+        assert _rel(a, b) <= 1e-5, k
+
+
+def torch_scan_reference(t):
+    from BraTSMambaLib.ssm import selective_scan
+
+    kw = {k: v for k, v in t.items() if k not in ("u", "delta", "A", "B", "C")}
+    return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], delta_softplus=True, backend="reference",
+                          **kw)

@@ -440,8 +440,11 @@ class _Seg:
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, for_backward=False):
-    """Output, last state and the states entering each segment (saved for the backward, whose segments
-    are the block schedule's: with `for_backward` the forward uses those boundaries whatever its mode)."""
+    """Output, last state, the states entering each segment and the segments (start, end, chunk).
+
+    The backward reuses the segments and states as they are (settings read again later - environment,
+    free device memory - could differ); with `for_backward` the segments are the block schedule's,
+    whatever the forward's mode."""
     b, E, L = u.shape
     N = A.shape[1]
     out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
@@ -466,7 +469,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, for_backward=False):
             o.mul_(F.silu(z[..., s:e].float()))
         else:
             out[..., s:e] = _unlayout(y5).reshape(b, E, e - s).mul_(F.silu(z[..., s:e].float()))
-    return out, h, states
+    return out, h, states, segs
 
 
 def _segment_backward(sg: _Seg, h_in, dout, z, D32, gc, grads, s, e, ws=None):
@@ -545,7 +548,7 @@ def _fold_groups(g: torch.Tensor, G: int) -> torch.Tensor:
     return g if Gc == G else g.view(b, G, Gc // G, N, L).sum(2)
 
 
-def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast):
+def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, segs, dout, dlast):
     b, E, L = u.shape
     N = A.shape[1]
     Gc = math.lcm(B.shape[1], C.shape[1])
@@ -558,7 +561,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout, dlast
              "delta_bias": torch.zeros(E, **f32) if delta_bias is not None else None}
     D32 = D.float() if D is not None else None
     gc = dlast.float() if dlast is not None else torch.zeros(b, E, N, **f32)
-    bwd = _segments(b, E, N, L, u.device, "block")
+    bwd = segs
     ws: dict = {}
     for i in range(len(bwd) - 1, -1, -1):
         s, e, c = bwd[i]
@@ -647,6 +650,7 @@ class _SelectiveScan(torch.autograd.Function):
         out = torch.cat([r[0] for r in res], 1) if len(res) > 1 else res[0][0]
         last = torch.cat([r[1] for r in res], 1) if len(res) > 1 else res[0][1]
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *[r[2] for r in res])
+        ctx.segs = [r[3] for r in res]
         ctx.softplus = delta_softplus
         return out, last
 
@@ -659,7 +663,7 @@ class _SelectiveScan(torch.autograd.Function):
         def run(idx, e0, e1, g0, g1):
             Bp, Cp = (B[:, g0:g1], C[:, g0:g1]) if grouped else (B, C)
             return _backward(_sub(u, e0, e1), _sub(delta, e0, e1), A[e0:e1], Bp, Cp, _sub(D, e0, e1, 0),
-                             _sub(z, e0, e1), _sub(delta_bias, e0, e1, 0), ctx.softplus, states[idx],
+                             _sub(z, e0, e1), _sub(delta_bias, e0, e1, 0), ctx.softplus, states[idx], ctx.segs[idx],
                              _sub(dout, e0, e1), _sub(dlast, e0, e1))
 
         res = _run_parts(run, [(i, *p) for i, p in enumerate(parts)])
