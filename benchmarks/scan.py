@@ -56,6 +56,8 @@ class Candidate:
     max_state_elements: int | None = None
     #: run in this process even on CPU (candidates a fresh process could not rebuild by name)
     in_process: bool = False
+    #: environment variables set while this candidate is measured (forward and backward)
+    env: dict | None = None
 
 
 @dataclass
@@ -98,20 +100,7 @@ def torch_setting(spec: str) -> Candidate:
         if key.strip() not in SWEEP_KEYS or not val.strip():
             raise SystemExit(f"--torch-sweep {spec!r}: expected key=value with keys {', '.join(SWEEP_KEYS)}")
         env[SWEEP_KEYS[key.strip()]] = val.strip()
-    inner = _ours("torch")
-
-    def fn(*args, **kw):
-        saved = {k: os.environ.get(k) for k in SWEEP_KEYS.values()}
-        os.environ.update(env)
-        try:
-            return inner(*args, **kw)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return Candidate(f"torch[{spec}]", fn, in_process=True)
+    return Candidate(f"torch[{spec}]", _ours("torch"), in_process=True, env=env)
 
 
 def _ours(name: str) -> Callable[..., torch.Tensor]:
@@ -243,6 +232,20 @@ def _measure(fn: Callable[[], None], device: torch.device, repeats: int) -> tupl
 
 def bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch.device, dtype: torch.dtype,
               repeats: int, backward: bool) -> Row:
+    saved = {k: os.environ.get(k) for k in (cand.env or {})}
+    os.environ.update(cand.env or {})
+    try:
+        return _bench_one(cand, stage, b, E, L, device, dtype, repeats, backward)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch.device, dtype: torch.dtype,
+               repeats: int, backward: bool) -> Row:
     L_run = L
     if cand.max_state_elements and b * E * L * N > cand.max_state_elements:
         L_run = max(1, 2 ** int(math.log2(cand.max_state_elements // (b * E * N))))
