@@ -115,7 +115,7 @@ def _free_bytes(device: torch.device) -> int | None:
     return None
 
 
-_STEP_CAP: int | None = None          # set while CPU thread parts run (serial slices below ATen's grain)
+_STEP_CAP: int | None = None          # step-slice cap while CPU thread parts run
 
 
 def _step_elements(device: torch.device) -> int:
@@ -578,11 +578,12 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, segs, dout,
 # By default one part runs with ATen's own intra-op threads: on an idle 2-core machine that is fastest.
 # On an oversubscribed machine every small op forking an OpenMP team can cost 10x, so
 # BRATSMAMBA_SCAN_CPU_PARTS=1 splits the channels into torch.get_num_threads() parts on Python threads
-# (ATen releases the GIL), each step slice kept below ATen's parallel grain so no op opens a parallel region.
+# (ATen releases the GIL), each running serial ops, so no op opens a parallel region: no barriers.
 CPU_PARTS_ENV = "BRATSMAMBA_SCAN_CPU_PARTS"
 
 _POOL = None
-#: per-part step slice on CPU when threads are used: below ATen's grain size (32768), so ops stay serial
+#: per-part step slice on CPU when threads are used (each worker runs serial ATen ops: its
+#: torch.set_num_threads(1) is a per-thread OpenMP setting)
 CPU_PART_STEP_ELEMENTS = 1 << 17
 
 
