@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_ssm_scan import _inputs, _rel, _run
 
 from BraTSMambaLib.ssm.backends import torch_scan
-
-from test_ssm_scan import _inputs, _rel, _run
 
 
 def _accel_like(monkeypatch, chunk: int, block: int | None, carry: int = 3) -> None:
