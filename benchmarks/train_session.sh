@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measured training session on the lent nvidia-h200-x2 (2 H200, 32 cores), run from the repository
-# root there. State lives in .devstage/ (git-ignored, kept between warm calls); results go to $OUT.
+# root there. State lives in $DEVSTAGE (default /tmp/devstage: the device machine does not keep ignored
+# folders of the checkout between calls, but /tmp survives while it stays warm); results go to $OUT.
 #
-#   stage DIR...  merge carried folders (whl/ cases/ meta/ site/ tar/) into .devstage/
+#   stage DIR...  merge carried folders (whl/ cases/ meta/ site/ tar/) into $DEVSTAGE
 #   prep          install the wheels, unpack the bundle, copy plans/split, nnU-Net preprocessing,
 #                 write the 3 held-out cases as BraTS folders
 #   ddp           compact U-Mamba Bot: 1 GPU vs --num-gpus 2 (global batch 2, and 4), about 3.5 min
@@ -19,7 +20,7 @@ export PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 T0=$(date +%s)
 ROOT=$PWD
-S=${DEVSTAGE:-$ROOT/.devstage}
+S=${DEVSTAGE:-/tmp/devstage}
 OUT=${OUT:-$S/out}
 PY=${PY:-python3}
 DS_ID=${DS_ID:-500}
