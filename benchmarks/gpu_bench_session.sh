@@ -12,7 +12,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 ROOT=$PWD
-S=${DEVSTAGE:-$ROOT/.devstage}
+S=${DEVSTAGE:-/tmp/devstage}  # outside the checkout: the device keeps no ignored folder of it between calls
 OUT=${OUT:-$S/out}
 mkdir -p "$OUT"
 export PYTHONPATH=$S/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}

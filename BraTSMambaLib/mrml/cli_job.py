@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 from BraTSMambaLib.errors import BraTSInputError
 from BraTSMambaLib.mrml.job import default_python, library_env
-from BraTSMambaLib.mrml.process import BackgroundProcess
+from BraTSMambaLib.mrml.process import BackgroundProcess, JobControl
 from BraTSMambaLib.training.planning import CONFIGURATION, DEFAULT_PLANS
 
 
@@ -85,7 +85,7 @@ def find_run_folder(results: str | Path, dataset: int | str, model: str, fold: i
 
 
 @dataclass
-class CliJob:
+class CliJob(JobControl):
     """One `brats-mamba` sub-command in a child process under Slicer's Python."""
 
     arguments: Sequence[str]
@@ -121,33 +121,6 @@ class CliJob:
                           + self.process.log_tail())
         self.done = True
         return True
-
-    def cancel(self) -> None:
-        """Kill the command and every process it started (data-loader workers, DDP ranks)."""
-        if self.process is not None and not self.done:
-            self.cancelled = True
-            self.process.cancel()
-            self.poll()
-
-    def abort(self, reason: str) -> None:
-        """Stop the job after an error outside the process (kill it, record `reason`)."""
-        if self.process is not None and not self.process.finished:
-            self.process.cancel()
-        self.error = self.error or reason
-        self.done = True
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until done (scripts, tests); True on success. A timeout cancels the job."""
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                self.error = f"Timed out after {timeout:g} s."
-                break
-            time.sleep(0.1)
-        return self.error is None
 
 
 @dataclass

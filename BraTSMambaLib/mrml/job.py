@@ -25,7 +25,7 @@ from BraTSMambaLib.data.io import write_image
 from BraTSMambaLib.errors import BraTSInputError
 from BraTSMambaLib.mrml.case import case_from_volume_nodes
 from BraTSMambaLib.mrml.pipeline import read_seg_nrrd_masks
-from BraTSMambaLib.mrml.process import STAGES, BackgroundProcess, Progress
+from BraTSMambaLib.mrml.process import STAGES, BackgroundProcess, JobControl, Progress
 from BraTSMambaLib.mrml.segmentation import labelmap_from_prediction, segmentation_from_prediction, volumes_table
 from BraTSMambaLib.progress import PROGRESS_ENV
 
@@ -56,7 +56,7 @@ def _safe_id(text: str) -> str:
 
 
 @dataclass
-class SegmentJob:
+class SegmentJob(JobControl):
     """Segment four volume nodes with the CLI in a child process; load WT/TC/ET when it succeeds."""
 
     scene: object
@@ -143,34 +143,6 @@ class SegmentJob:
             self.done = True
             self._cleanup()
         return True
-
-    def cancel(self) -> None:
-        """Kill the CLI and everything it started; nothing is added to the scene."""
-        if self.process is not None and not self.done:
-            self.cancelled = True
-            self.process.cancel()
-            self.poll()
-
-    def abort(self, reason: str) -> None:
-        """Stop the job after an error outside the process (kill it, record `reason`, clean up)."""
-        if self.process is not None and not self.process.finished:
-            self.process.cancel()
-        self.error = self.error or reason
-        self.done = True
-        self._cleanup()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until done (scripts, tests); True on success."""
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                self.error = f"Timed out after {timeout:g} s."
-                break
-            time.sleep(0.2)
-        return self.error is None
 
     @property
     def output_dir(self) -> Path | None:

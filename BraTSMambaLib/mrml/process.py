@@ -204,3 +204,40 @@ class BackgroundProcess:
         """The last `n` output lines, for showing a crash in the UI."""
         self.poll()
         return "\n".join(self.lines[-n:])
+
+
+class JobControl:
+    """Cancel / abort / wait for a job that runs a `BackgroundProcess` and is advanced by `poll()`.
+
+    Shared by the segmentation job and the training-module jobs; a subclass provides `process`,
+    `done`, `cancelled`, `error`, `poll()` and, if it owns temporary files, `_cleanup()`.
+    """
+
+    def cancel(self) -> None:
+        """Kill the CLI and every process it started (data-loader workers, DDP ranks); the scene is untouched."""
+        if self.process is not None and not self.done:
+            self.cancelled = True
+            self.process.cancel()
+            self.poll()
+
+    def abort(self, reason: str) -> None:
+        """Stop the job after an error outside the process (kill it, record `reason`, clean up)."""
+        if self.process is not None and not self.process.finished:
+            self.process.cancel()
+        self.error = self.error or reason
+        self.done = True
+        self._cleanup()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done (scripts, tests); True on success. A timeout cancels the job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                self.error = f"Timed out after {timeout:g} s."
+                break
+            time.sleep(0.1)
+        return self.error is None
+
+    def _cleanup(self) -> None:
+        """Remove the job's temporary files (none by default)."""
