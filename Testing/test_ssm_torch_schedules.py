@@ -140,3 +140,26 @@ def torch_scan_reference(t):
     kw = {k: v for k, v in t.items() if k not in ("u", "delta", "A", "B", "C")}
     return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], delta_softplus=True, backend="reference",
                           **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_block_schedule_on_cuda_same_yardstick_as_mamba_ssm(dtype):
+    """The torch backend and mamba_ssm's CUDA kernel against one float64 transcription, forward and every
+    gradient: our error must be of the kernel's order (fp32: both at rounding level)."""
+    pytest.importorskip("mamba_ssm.ops.selective_scan_interface")
+    t = _inputs(2, 16, 1024, 16, None, dtype, seed=41)
+    fp32_only = ("A", "D", "delta_bias")  # mamba_ssm's kernel takes these in fp32 whatever the input dtype
+
+    def on_cuda(to64: bool):
+        return {k: (v.detach().to("cuda", torch.float64 if to64 else (torch.float32 if k in fp32_only else v.dtype))
+                    .requires_grad_() if v is not None else None) for k, v in t.items()}
+
+    y_ref, h_ref, g_ref = _run("reference", on_cuda(True), True, True)
+    results = {b: _run(b, on_cuda(False), True, True) for b in ("torch", "mamba_ssm")}
+    errs = {b: {"out": _rel(y, y_ref), "last": _rel(h, h_ref), **{k: _rel(g[k], g_ref[k]) for k in g}}
+            for b, (y, h, g) in results.items()}
+    print(dtype, {b: {k: f"{v:.1e}" for k, v in e.items()} for b, e in errs.items()})
+    floor = 1e-5 if dtype == torch.float32 else 2e-2
+    for k, v in errs["torch"].items():
+        assert v <= max(floor, 4 * errs["mamba_ssm"][k]), f"{k}: torch {v:.3g}, mamba_ssm {errs['mamba_ssm'][k]:.3g}"
