@@ -363,8 +363,10 @@ def test_gpu_mamba_ssm_kernel_same_yardstick(name):
     tol = GPU_TOL[case["dtype"]]
     for k, v in ours.items():
         if isinstance(v, float):
-            assert v <= max(tol, 4 * theirs[k]), (
-                f"{k}: triton {v:.3g}, mamba_ssm {theirs[k]:.3g}"
+            # our no-grad forward (a triton-only path) is held to mamba_ssm's forward error
+            yardstick = theirs["out" if k == "out_nograd" else k]
+            assert v <= max(tol, 4 * yardstick), (
+                f"{k}: triton {v:.3g}, mamba_ssm {yardstick:.3g}"
             )
 
 
