@@ -77,7 +77,7 @@ def parse_variant(name: str) -> tuple[str, str]:
 
 
 class VariantTimeout(Exception):
-    pass
+    """A variant ran past its time limit."""
 
 
 @contextmanager

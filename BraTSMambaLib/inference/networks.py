@@ -23,19 +23,16 @@ def build_network(pkg: "ModelPackage") -> "torch.nn.Module":
     spec = pkg.network
     name = pkg.network_name
     ds = bool(spec.get("deep_supervision", False))
+    overrides = dict(spec.get("overrides") or {})
     try:
         if spec.get("from_plans"):
             from BraTSMambaLib.inference.preprocessing import plans_for
 
-            pm, cm, _ = plans_for(pkg)
-            model = nets.build_model(name, in_channels=len(C.MODALITIES), out_channels=len(C.REGIONS),
-                                     patch_size=pkg.patch_size, deep_supervision=ds, plans=cm,
-                                     **dict(spec.get("overrides") or {}))
-        else:
-            model = nets.build_model(name, in_channels=len(C.MODALITIES), out_channels=len(C.REGIONS),
-                                     patch_size=pkg.patch_size, deep_supervision=ds, **dict(spec.get("overrides") or {}))
+            overrides["plans"] = plans_for(pkg)[1]
+        model = nets.build_model(name, in_channels=len(C.MODALITIES), out_channels=len(C.REGIONS),
+                                 patch_size=pkg.patch_size, deep_supervision=ds, **overrides)
     except (KeyError, ValueError, TypeError) as e:  # BraTSInputError is a ValueError
-        known = ", ".join(nets.list_models()) if hasattr(nets, "list_models") else "see `brats-mamba models`"
+        known = ", ".join(nets.list_models())
         raise ModelPackageError(f"{pkg.source}: cannot build network {name!r} ({e}); registry models: {known}") from None
     if ds:
         nets.set_deep_supervision(model, False)
