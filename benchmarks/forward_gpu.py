@@ -20,6 +20,7 @@ variants (name: what)
   *_graph            the forward captured once in a CUDA graph at a fixed batch, replayed
   *_compile          torch.compile of the whole network (--compile-mode), compile time reported
   *_compileconvs     torch.compile of the parts without Mamba layers only (scans stay eager)
+  *_fused            instance norm + residual add + activation fused (nets.fused, Triton; with *_cl)
 Every variant runs guarded (exception and per-variant timeout): one failure never loses the others;
 a global --budget-s skips what would not fit. Progress lines are flushed as they come.
 
@@ -50,7 +51,7 @@ BASES = {  # name -> (precision, channels_last)
     "bf16_cl": ("bf16-cast", True),
     "fp16_cl": ("fp16", True),
 }
-SUFFIXES = ("_nobench", "_graph", "_compile", "_compileconvs")
+SUFFIXES = ("_nobench", "_graph", "_compile", "_compileconvs", "_fused")
 MAIN = ("autocast", "autocast_cl", "bf16", "bf16_cl")
 #: Phases, each run for every model before the next: [(variant, batches)]. The main variants at the
 #: predictor's batch (8 = 1 tile x 8 flips) and 2 first, then the extras at 8, then the other batches.
@@ -143,6 +144,10 @@ class Runner:
             self.autocast = torch.bfloat16 if precision == "bf16" else torch.float16
         if self.channels_last:
             to_memory_format(self.model, True)
+        if self.suffix == "_fused":
+            from BraTSMambaLib.nets.fused import fuse_instance_norms
+
+            fuse_instance_norms(self.model)
         self.compile_s = None
         if self.suffix in ("_compile", "_compileconvs"):
             compile_network(self.model, compile_mode, "whole" if self.suffix == "_compile" else "convs")

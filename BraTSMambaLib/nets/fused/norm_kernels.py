@@ -1,0 +1,106 @@
+"""Triton kernels: instance normalisation of channels_last_3d (NDHWC) tensors, with the following
+residual add and activation fused into the same pass.
+
+PyTorch's instance norm views its input as (1, N*C, D, H, W) and runs batch norm, which needs NCDHW
+memory: on channels_last_3d activations (the layout cuDNN's fast 3-D convolution kernels use) every
+norm costs two layout copies on top of its two passes. Here the statistics are one read of x (per
+(n, c) sums of x - pivot in fp32, the pivot being the first voxel's value, so a large mean does not
+cancel the variance; partial sums per block of rows, added up in float64), and the normalisation,
+optional residual add and ReLU/LeakyReLU are one read and one write. Input and output keep NDHWC.
+This module imports triton; import it only where triton works.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+ACTS = {None: 0, "relu": 1, "leaky_relu": 2}
+
+
+@triton.jit
+def _stats_kernel(x_ptr, piv_ptr, psum_ptr, psq_ptr, S, C, ROWS_PER_PROG,
+                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0)
+    p = tl.program_id(1)
+    nprog = tl.num_programs(1)
+    offs_c = tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    piv = tl.load(piv_ptr + n * C + offs_c, mask=c_ok, other=0.0)
+    acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    base = x_ptr + n.to(tl.int64) * S * C
+    row0 = p * ROWS_PER_PROG
+    for r in range(0, ROWS_PER_PROG, BLOCK_S):
+        rows = row0 + r + tl.arange(0, BLOCK_S)
+        ok = (rows < S)[:, None] & c_ok[None, :]
+        x = tl.load(base + rows.to(tl.int64)[:, None] * C + offs_c[None, :], mask=ok, other=0.0).to(tl.float32)
+        d = tl.where(ok, x - piv[None, :], 0.0)
+        acc += tl.sum(d, axis=0)
+        acc2 += tl.sum(d * d, axis=0)
+    out = (n * nprog + p) * C + offs_c
+    tl.store(psum_ptr + out, acc, mask=c_ok)
+    tl.store(psq_ptr + out, acc2, mask=c_ok)
+
+
+@triton.jit
+def _apply_kernel(x_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr, SC, C, SLOPE,
+                  ACT: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(1)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < SC
+    base = n.to(tl.int64) * SC
+    ch = (offs % C).to(tl.int32)
+    scale = tl.load(scale_ptr + n * C + ch, mask=ok, other=0.0)
+    shift = tl.load(shift_ptr + n * C + ch, mask=ok, other=0.0)
+    x = tl.load(x_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
+    y = x * scale + shift
+    if HAS_RES:
+        y += tl.load(res_ptr + base + offs, mask=ok, other=0.0).to(tl.float32)
+    if ACT == 1:
+        y = tl.maximum(y, 0.0)
+    elif ACT == 2:
+        y = tl.where(y >= 0.0, y, y * SLOPE)
+    tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+def _ndhwc(t: torch.Tensor) -> torch.Tensor:
+    """(N, S, C) contiguous view of a channels_last_3d tensor (copying only if it is not one)."""
+    n, c = t.shape[:2]
+    flat = t.permute(0, 2, 3, 4, 1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return flat.view(n, -1, c)
+
+
+def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                        act: str | None = None, slope: float = 0.01, residual: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """act(instance_norm(x) * weight + bias + residual) for a 5-D CUDA tensor; the result is
+    channels_last_3d in x's dtype. Statistics in fp32 (biased variance, as nn.InstanceNorm3d)."""
+    n, c = x.shape[:2]
+    xs = _ndhwc(x)
+    s = xs.shape[1]
+    block_c = max(16, triton.next_power_of_2(c))
+    block_s = max(1, 4096 // block_c)
+    rows = max(block_s, triton.cdiv(triton.cdiv(s, 256), block_s) * block_s)  # about 256 programs per sample
+    nprog = triton.cdiv(s, rows)
+    piv = xs[:, 0, :].float().contiguous()
+    psum = torch.empty((n, nprog, c), device=x.device, dtype=torch.float32)
+    psq = torch.empty_like(psum)
+    _stats_kernel[(n, nprog)](xs, piv, psum, psq, s, c, rows, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=4)
+    m1 = psum.double().sum(1) / s
+    var = (psq.double().sum(1) / s - m1 * m1).clamp_min(0.0)
+    rstd = torch.rsqrt(var + eps)
+    mean = piv.double() + m1
+    scale = rstd if weight is None else rstd * weight.double()
+    shift = -mean * scale if bias is None else bias.double() - mean * scale
+    scale, shift = scale.float().contiguous(), shift.float().contiguous()
+    y = torch.empty((n, c, *x.shape[2:]), device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
+    ys = y.permute(0, 2, 3, 4, 1).view(n, -1, c)
+    res = _ndhwc(residual.to(x.dtype)) if residual is not None else xs
+    block = 4096
+    _apply_kernel[(triton.cdiv(s * c, block), n)](xs, scale, shift, res, ys, s * c, c, float(slope),
+                                                  ACT=ACTS[act], HAS_RES=residual is not None, BLOCK=block,
+                                                  num_warps=8)
+    return y

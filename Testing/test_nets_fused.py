@@ -1,0 +1,185 @@
+"""nets.fused: the fused instance norm (+ residual + activation) kernel and the fused block forms.
+
+CPU: the Triton kernels run under TRITON_INTERPRET=1 in one subprocess (the interpreter must be chosen
+before triton is imported), against float64 references; fused networks (tiny SegMamba, U-Mamba Bot/Enc)
+must give the unfused network's output with unchanged state-dict keys. In this process (no interpreter)
+a fused model takes the original code path on CPU and must match exactly, gradients included.
+GPU tests run the kernel at SegMamba's sizes in bf16.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_CASES = [  # (n, c, spatial, act, residual, affine)
+    (2, 5, (3, 4, 5), None, False, True),
+    (1, 12, (4, 4, 4), "leaky_relu", True, False),
+    (2, 3, (2, 3, 7), "relu", False, True),
+    (1, 20, (5, 5, 5), "relu", True, True),
+    (1, 48, (3, 3, 3), "leaky_relu", True, True),
+]
+NETS = ["segmamba", "umambabot", "umambaenc"]
+
+
+def _reference(x, w, b, act, r, slope=0.01):
+    ref = torch.nn.functional.instance_norm(x.double(), weight=None if w is None else w.double(),
+                                            bias=None if b is None else b.double(), eps=1e-5)
+    if r is not None:
+        ref = ref + r.double()
+    if act == "relu":
+        ref = ref.clamp_min(0)
+    elif act == "leaky_relu":
+        ref = torch.nn.functional.leaky_relu(ref, slope)
+    return ref
+
+
+def _kernel_errors(device: str, dtype: torch.dtype, offset: float = 7.0) -> list[float]:
+    from BraTSMambaLib.nets.fused import norm_kernels as K
+
+    errors = []
+    for i, (n, c, s, act, res, affine) in enumerate(KERNEL_CASES):
+        g = torch.Generator().manual_seed(i)
+        cl = torch.channels_last_3d
+        x = (torch.randn(n, c, *s, generator=g) * 3 + offset).to(device, dtype).contiguous(memory_format=cl)
+        w = torch.randn(c, generator=g).to(device) if affine else None
+        b = torch.randn(c, generator=g).to(device) if affine else None
+        r = torch.randn(n, c, *s, generator=g).to(device, dtype).contiguous(memory_format=cl) if res else None
+        y = K.instance_norm_ndhwc(x, w, b, 1e-5, act, 0.01, r)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=cl) and torch.isfinite(y).all()
+        ref = _reference(x, w, b, act, r)
+        errors.append(float((y.double() - ref).norm() / ref.norm()))
+    return errors
+
+
+def _fused_network_diffs() -> dict:
+    from BraTSMambaLib.nets import build_model, get_spec
+    from BraTSMambaLib.nets.fused import fuse_instance_norms, is_fused
+
+    out = {}
+    for name in NETS:
+        torch.manual_seed(0)
+        kw = dict(get_spec(name).tiny)
+        kw.setdefault("patch_size", (16, 16, 16))
+        model = build_model(name, **kw).eval().to(memory_format=torch.channels_last_3d)
+        x = torch.randn(2, 4, *kw["patch_size"]).contiguous(memory_format=torch.channels_last_3d)
+        keys = list(model.state_dict())
+        with torch.inference_mode():
+            ref = model(x)
+        fuse_instance_norms(model)
+        with torch.inference_mode():
+            y = model(x)
+        out[name] = {"rel": float((y - ref).norm() / ref.norm()), "fused": is_fused(model),
+                     "keys_same": list(model.state_dict()) == keys,
+                     "classes": sorted({type(m).__name__ for m in model.modules() if "Fused" in type(m).__name__})}
+    return out
+
+
+def _run_interpreter() -> dict:
+    return {"kernel": _kernel_errors("cpu", torch.float32), "nets": _fused_network_diffs()}
+
+
+@pytest.fixture(scope="module")
+def interp() -> dict:
+    pytest.importorskip("triton")
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'Testing')!r}); import test_nets_fused as t; "
+            "print('RESULTS=' + json.dumps(t._run_interpreter()))")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TRITON_INTERPRET="1"), cwd=ROOT,
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS=")][-1][len("RESULTS="):])
+
+
+def test_kernel_matches_float64_in_the_interpreter(interp):
+    assert len(interp["kernel"]) == len(KERNEL_CASES)
+    for case, err in zip(KERNEL_CASES, interp["kernel"]):
+        assert err < 1e-5, f"{case}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_fused_network_matches_unfused_in_the_interpreter(interp, name):
+    res = interp["nets"][name]
+    assert res["fused"] and res["keys_same"]
+    assert "FusedInstanceNorm3d" in res["classes"] and len(res["classes"]) >= 2, res["classes"]
+    assert res["rel"] < 1e-5, f"{name}: fused vs unfused relative difference {res['rel']:.3g}"
+
+
+def test_fused_model_off_gpu_is_the_unfused_model_exactly():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("in the interpreter the kernels run on CPU tensors")
+    from BraTSMambaLib.nets import build_model, get_spec
+    from BraTSMambaLib.nets.fused import fuse_instance_norms
+
+    torch.manual_seed(0)
+    kw = dict(get_spec("umambabot").tiny, patch_size=(16, 16, 16))
+    ref_model = build_model("umambabot", **kw)
+    model = build_model("umambabot", **kw)
+    model.load_state_dict(ref_model.state_dict())
+    fuse_instance_norms(model)
+    x = torch.randn(2, 4, 16, 16, 16)
+    y_ref, y = ref_model(x), model(x)               # training mode, gradients on: the original path
+    assert torch.equal(y_ref, y)
+    y_ref.square().mean().backward()
+    y.square().mean().backward()
+    for (k, p_ref), p in zip(ref_model.named_parameters(), model.parameters()):
+        assert (p_ref.grad is None and p.grad is None) or torch.equal(p_ref.grad, p.grad), k
+
+
+def test_unknown_activation_keeps_the_original_forward():
+    from monai.networks.blocks.dynunet_block import UnetResBlock
+
+    from BraTSMambaLib.nets.fused import fuse_instance_norms
+
+    block = UnetResBlock(3, 4, 6, 3, 1, "instance", act_name="gelu").eval()
+    x = torch.randn(1, 4, 6, 6, 6)
+    with torch.inference_mode():
+        ref = block(x)
+        fuse_instance_norms(block)
+        assert type(block).__name__ == "FusedUnetResBlock"
+        assert torch.equal(block(x), ref)
+
+
+@pytest.mark.gpu
+def test_kernel_on_cuda_bf16_and_fp32():
+    pytest.importorskip("triton")
+    for err in _kernel_errors("cuda", torch.float32):
+        assert err < 1e-5
+    for err in _kernel_errors("cuda", torch.bfloat16, offset=0.0):
+        assert err < 1e-2
+
+
+@pytest.mark.gpu
+def test_kernel_on_cuda_at_segmamba_size_matches_instance_norm():
+    pytest.importorskip("triton")
+    from BraTSMambaLib.nets.fused import norm_kernels as K
+
+    x = torch.randn(2, 48, 128, 128, 128, device="cuda", dtype=torch.bfloat16) * 2 + 3
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    r = torch.randn_like(x)
+    y = K.instance_norm_ndhwc(x, None, None, 1e-5, "leaky_relu", 0.01, r)
+    ref = torch.nn.functional.leaky_relu(torch.nn.functional.instance_norm(x.float(), eps=1e-5) + r.float(), 0.01)
+    assert float((y.float() - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NETS)
+def test_fused_network_on_cuda(name):
+    pytest.importorskip("triton")
+    from BraTSMambaLib.nets import build_model, get_spec
+    from BraTSMambaLib.nets.fused import fuse_instance_norms
+
+    torch.manual_seed(0)
+    kw = dict(get_spec(name).tiny, patch_size=(32, 32, 32))
+    model = build_model(name, **kw).cuda().eval().to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 4, 32, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        ref = model(x)
+        fuse_instance_norms(model)
+        y = model(x)
+    assert float((y - ref).norm() / ref.norm()) < 1e-4
