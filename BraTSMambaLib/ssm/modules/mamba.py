@@ -3,8 +3,11 @@ shapes, so state dicts load with strict=True both ways), running on any scan bac
 
 Forward math as mamba_ssm: in_proj -> causal depthwise conv1d -> SiLU -> x_proj -> (dt, B, C) ->
 dt_proj weight (its bias enters the scan as delta_bias with softplus) -> selective scan gated by SiLU(z)
--> out_proj. The causal conv is `nn.Conv1d` with padding d_conv-1 truncated to L, which is mamba_ssm's
-own fallback when causal_conv1d is not installed.
+-> out_proj. The causal conv is `nn.Conv1d` with padding d_conv-1 truncated to L (mamba_ssm's own fallback
+when causal_conv1d is not installed); without autograd on CUDA it is one Triton pass (`ssm.ops`).
+
+Layout: every activation stays (batch, channels, L) with L contiguous, as the scan wants it; the
+projections are batched matrix products over that layout (`_per_batch`), so nothing is transposed.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from BraTSMambaLib.ssm.ops.causal_conv1d import causal_conv1d_silu
 from BraTSMambaLib.ssm.selective_scan import selective_scan
 
 
@@ -69,21 +73,32 @@ def set_layer_dims(layer: nn.Module, d_model: int, d_state: int, d_conv: int, ex
     layer.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
 
 
-def ssm_branch(x: torch.Tensor, z: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
-               A_log: torch.Tensor, D: torch.Tensor, backend: str) -> torch.Tensor:
-    """One scan of a Mamba layer on x, z (batch, d_inner, L): conv -> SiLU -> x_proj -> scan * SiLU(z).
+def _per_batch(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """weight (M, K) applied to every position of x (b, K, L) -> (b, M, L) contiguous: the arithmetic of
+    F.linear on x.transpose(1, 2), as one batched GEMM that reads x through its strides (torch.matmul
+    would first copy a transposed x to fold the batch into the rows)."""
+    y = torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    return y if bias is None else y + bias.to(y.dtype).unsqueeze(-1)
 
-    Returns (batch, d_inner, L), before out_proj (what mamba_ssm's `mamba_inner_fn_no_out_proj` returns).
+
+def ssm_branch(x: torch.Tensor, z: torch.Tensor | None, conv1d: nn.Conv1d, x_proj: nn.Linear,
+               dt_proj: nn.Linear, A_log: torch.Tensor, D: torch.Tensor, backend: str, *,
+               order: str = "forward", nslices: int | None = None) -> torch.Tensor:
+    """One scan of a Mamba layer: conv -> SiLU -> x_proj -> scan (* SiLU(z) when z is given).
+
+    x (batch, d_inner, L) in token order (any batch/channel strides), scanned in `order` ("forward",
+    "reverse", "slices" with `nslices`: `ssm.ops.orders`); z (batch, d_inner, L) already in that order, or
+    None for the ungated scan. Returns (batch, d_inner, L) in the scan's order, before out_proj (with z:
+    what mamba_ssm's `mamba_inner_fn_no_out_proj` returns). dt, B and C are row blocks of one
+    (batch, R + 2N, L) product: B and C reach the scan as strided views.
     """
-    b, E, L = x.shape
     dt_rank = dt_proj.weight.shape[1]
     d_state = A_log.shape[1]
-    x = F.silu(conv1d(x)[..., :L])
-    x_dbl = F.linear(x.transpose(1, 2).reshape(b * L, E), x_proj.weight, x_proj.bias)
-    dt, Bm, Cm = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
-    dt = (dt_proj.weight @ dt.t()).view(E, b, L).transpose(0, 1)
-    Bm = Bm.view(b, L, d_state).transpose(1, 2).contiguous()
-    Cm = Cm.view(b, L, d_state).transpose(1, 2).contiguous()
+    x = causal_conv1d_silu(x, conv1d, order=order, nslices=nslices)
+    x_dbl = _per_batch(x_proj.weight, x, x_proj.bias)
+    dt = _per_batch(dt_proj.weight, x_dbl[:, :dt_rank])
+    Bm = x_dbl[:, dt_rank:dt_rank + d_state]
+    Cm = x_dbl[:, dt_rank + d_state:dt_rank + 2 * d_state]
     A = -torch.exp(A_log.float())
     return selective_scan(x, dt, A, Bm, Cm, D.float(), z=z, delta_bias=dt_proj.bias.float(),
                           delta_softplus=True, backend=backend)
@@ -132,24 +147,31 @@ class Mamba(nn.Module):
         setattr(self, f"A{suffix}_log", s4d_real_A_log(self.d_inner, self.d_state, dev))
         setattr(self, f"D{suffix}", skip_D(self.d_inner, dev))
 
-    def _in_proj(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, L, d) -> xz (B, 2*d_inner, L), contiguous along L as the scan wants it."""
-        b, L, d = hidden_states.shape
-        xz = (self.in_proj.weight @ hidden_states.reshape(b * L, d).t()).view(-1, b, L).transpose(0, 1)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.to(dtype=xz.dtype).unsqueeze(-1)
-        return xz
+    def _in_proj(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) -> x, z (B, d_inner, L), each contiguous: the two halves of in_proj as two batched
+        products over hidden_states read in place (no transposed copy)."""
+        E = self.d_inner
+        w, bias = self.in_proj.weight, self.in_proj.bias
+        h = hidden_states.transpose(1, 2)
+        x = _per_batch(w[:E], h, None if bias is None else bias[:E])
+        z = _per_batch(w[E:], h, None if bias is None else bias[E:])
+        return x, z
 
-    def _branch(self, xz: torch.Tensor, suffix: str = "") -> torch.Tensor:
-        x, z = xz.chunk(2, dim=1)
+    def _branch(self, x: torch.Tensor, z: torch.Tensor | None, suffix: str = "", order: str = "forward",
+                nslices: int | None = None) -> torch.Tensor:
         return ssm_branch(x, z, getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"),
                           getattr(self, f"dt_proj{suffix}"), getattr(self, f"A{suffix}_log"),
-                          getattr(self, f"D{suffix}"), self.scan_backend)
+                          getattr(self, f"D{suffix}"), self.scan_backend, order=order, nslices=nslices)
+
+    def _out_proj(self, y: torch.Tensor) -> torch.Tensor:
+        """y (B, d_inner, L) -> (B, L, d_model): out_proj as one batched product over y read transposed."""
+        w, bias = self.out_proj.weight, self.out_proj.bias
+        out = torch.bmm(y.transpose(1, 2), w.t().expand(y.shape[0], -1, -1))
+        return out if bias is None else out + bias.to(out.dtype)
 
     def forward(self, hidden_states: torch.Tensor, inference_params=None) -> torch.Tensor:
         """hidden_states (B, L, d_model) -> (B, L, d_model)."""
         if inference_params is not None:
             raise NotImplementedError("step-by-step decoding (inference_params) is not supported; "
                                       "segmentation runs whole sequences")
-        y = self._branch(self._in_proj(hidden_states))
-        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+        return self._out_proj(self._branch(*self._in_proj(hidden_states)))

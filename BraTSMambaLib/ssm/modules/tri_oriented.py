@@ -5,13 +5,21 @@ One shared in_proj/out_proj and three scans with their own conv1d/x_proj/dt_proj
 tokens re-ordered by `stack(xz.chunk(nslices, -1), -1).flatten(-2)` (position j within a slice, then
 slice k); each is gated by SiLU(z), the three are SUMMED (not averaged), then out_proj. Parameter names
 match the fork, so its state dicts load with strict=True.
+
+Two evaluations of that sum. With autograd (training): as written, each scan gated by its reordered z.
+Without (inference): the orders are permutations, so every token's three terms share the gate
+silu(z_token): the scans run ungated, their convolutions read x reversed / by slices in place, and one
+pass (`ssm.ops.gate_sum`) adds the three in token order and gates once - no reordered copies of x, z or
+the outputs.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from BraTSMambaLib.ssm.modules.mamba import Mamba
+from BraTSMambaLib.ssm.ops.dispatch import records_grad
+from BraTSMambaLib.ssm.ops.orders import from_order, to_order
+from BraTSMambaLib.ssm.ops.tri_gate import gate_sum
 
 
 class TriOrientedMamba(Mamba):
@@ -39,10 +47,12 @@ class TriOrientedMamba(Mamba):
         b, L, _ = hidden_states.shape
         if ns < 1 or L % ns:
             raise ValueError(f"TriOrientedMamba: sequence length {L} is not a multiple of nslices={ns}")
-        xz = self._in_proj(hidden_states)
-        out = self._branch(xz, "")
-        out_b = self._branch(xz.flip([-1]), "_b").flip([-1])
-        xz_s = xz.view(b, -1, ns, L // ns).transpose(-1, -2).reshape(b, -1, L)
-        out_s = self._branch(xz_s, "_s")
-        out_s = out_s.view(b, -1, L // ns, ns).transpose(-1, -2).reshape(b, -1, L)
-        return F.linear((out + out_b + out_s).transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+        x, z = self._in_proj(hidden_states)
+        if records_grad(hidden_states, *self.parameters()):
+            y = self._branch(x, z, "")
+            y = y + from_order(self._branch(x, to_order(z, "reverse"), "_b", "reverse"), "reverse")
+            y = y + from_order(self._branch(x, to_order(z, "slices", ns), "_s", "slices", ns), "slices", ns)
+        else:
+            y = gate_sum(z, self._branch(x, None, ""), self._branch(x, None, "_b", "reverse"),
+                         self._branch(x, None, "_s", "slices", ns), ns)
+        return self._out_proj(y)
