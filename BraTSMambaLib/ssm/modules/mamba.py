@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from BraTSMambaLib.ssm.ops.causal_conv1d import causal_conv1d_silu
+from BraTSMambaLib.ssm.ops.dispatch import compute_dtype
 from BraTSMambaLib.ssm.selective_scan import selective_scan
 
 
@@ -149,10 +150,10 @@ class Mamba(nn.Module):
 
     def _in_proj(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, d) -> x, z (B, d_inner, L), each contiguous: the two halves of in_proj as two batched
-        products over hidden_states read in place (no transposed copy)."""
+        products over hidden_states read in place (no transposed copy; cast once under autocast)."""
         E = self.d_inner
         w, bias = self.in_proj.weight, self.in_proj.bias
-        h = hidden_states.transpose(1, 2)
+        h = hidden_states.to(compute_dtype(hidden_states)).transpose(1, 2)
         x = _per_batch(w[:E], h, None if bias is None else bias[:E])
         z = _per_batch(w[E:], h, None if bias is None else bias[E:])
         return x, z
