@@ -197,6 +197,8 @@ def bench_convs(args, device: torch.device) -> list[dict]:
     rows = []
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     for m, shape in conv_calls(args, device):
+        if args.conv_max_cin and m.weight.shape[1 if isinstance(m, torch.nn.Conv3d) else 0] > args.conv_max_cin:
+            continue
         m = m.to(dtype)
         x = torch.randn(args.batch, *shape, device=device, dtype=dtype)
         row = {"module": type(m).__name__, "weight": list(m.weight.shape), "stride": list(m.stride),
@@ -273,6 +275,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=2, help="profiled forward passes per variant")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="the registry's tiny configuration (dry runs)")
+    p.add_argument("--conv-max-cin", type=int, default=0, help="convs part: only layers with at most this many "
+                   "input channels (0: all)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)

@@ -8,8 +8,10 @@ tiles are blended with a Gaussian window (sigma = 1/8 of the patch, as nnU-Net d
 Speed settings (`auto` = the CUDA defaults below; on CPU and MPS always fp32, contiguous, eager):
   precision      auto (CUDA: bf16), fp32, bf16 / fp16 (autocast), bf16-cast / fp16-cast (weights and
                  inputs cast, no autocast; fp32 islands stay fp32: `networks.cast_network`)
-  memory_format  auto (= contiguous, NCDHW: channels_last_3d measured 1.5x slower on the H200), contiguous,
-                 channels_last (NDHWC, channels_last_3d)
+  memory_format  auto (CUDA: channels_last), contiguous (NCDHW), channels_last (NDHWC, channels_last_3d;
+                 on CUDA with compile off the networks' instance norms, residual adds and activations are
+                 fused into one Triton pass each, `nets.fused`: without that, PyTorch's instance norm copies
+                 NDHWC tensors to NCDHW and back, and channels_last measured 1.5x slower than NCDHW)
   compile        off (default), or a torch.compile mode: default, reduce-overhead, max-autotune,
                  max-autotune-no-cudagraphs (compiled on the first forward pass of each tile batch shape)
 """
@@ -31,7 +33,7 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_SCOPES = ("whole", "convs")
 #: What `auto` means on CUDA (chosen from benchmarks/forward_gpu.py on the H200).
-CUDA_DEFAULTS = {"precision": "bf16", "memory_format": "contiguous"}
+CUDA_DEFAULTS = {"precision": "bf16", "memory_format": "channels_last"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
