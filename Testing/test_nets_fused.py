@@ -58,9 +58,29 @@ def _kernel_errors(device: str, dtype: torch.dtype, offset: float = 7.0) -> list
     return errors
 
 
+LN_CASES = [(2, 7, 48, True), (3, 5, 20, False), (1, 9, 96, True)]  # (batch, tokens, width, affine)
+
+
+def _layer_norm_errors(device: str, dtype: torch.dtype) -> list[float]:
+    from BraTSMambaLib.nets.fused import norm_kernels as K
+
+    errors = []
+    for i, (b, t, c, affine) in enumerate(LN_CASES):
+        g = torch.Generator().manual_seed(100 + i)
+        x = (torch.randn(b, t, c, generator=g) * 2 + 5).to(device, dtype)
+        w = torch.randn(c, generator=g).to(device) if affine else None
+        bias = torch.randn(c, generator=g).to(device) if affine else None
+        y = K.layer_norm_rows(x, w, bias, 1e-5)
+        assert y.dtype == dtype and y.shape == x.shape
+        ref = torch.nn.functional.layer_norm(x.double(), (c,), None if w is None else w.double(),
+                                             None if bias is None else bias.double(), 1e-5)
+        errors.append(float((y.double() - ref).norm() / ref.norm()))
+    return errors
+
+
 def _fused_network_diffs() -> dict:
     from BraTSMambaLib.nets import build_model, get_spec
-    from BraTSMambaLib.nets.fused import fuse_instance_norms, is_fused
+    from BraTSMambaLib.nets.fused import fuse_norms, is_fused
 
     out = {}
     for name in NETS:
@@ -72,7 +92,7 @@ def _fused_network_diffs() -> dict:
         keys = list(model.state_dict())
         with torch.inference_mode():
             ref = model(x)
-        fuse_instance_norms(model)
+        fuse_norms(model)
         with torch.inference_mode():
             y = model(x)
         out[name] = {"rel": float((y - ref).norm() / ref.norm()), "fused": is_fused(model),
@@ -82,7 +102,8 @@ def _fused_network_diffs() -> dict:
 
 
 def _run_interpreter() -> dict:
-    return {"kernel": _kernel_errors("cpu", torch.float32), "nets": _fused_network_diffs()}
+    return {"kernel": _kernel_errors("cpu", torch.float32), "layer_norm": _layer_norm_errors("cpu", torch.float32),
+            "nets": _fused_network_diffs()}
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +123,17 @@ def test_kernel_matches_float64_in_the_interpreter(interp):
         assert err < 1e-5, f"{case}: relative error {err:.3g}"
 
 
+def test_layer_norm_kernel_matches_float64_in_the_interpreter(interp):
+    assert len(interp["layer_norm"]) == len(LN_CASES)
+    for case, err in zip(LN_CASES, interp["layer_norm"]):
+        assert err < 1e-5, f"{case}: relative error {err:.3g}"
+
+
 @pytest.mark.parametrize("name", NETS)
 def test_fused_network_matches_unfused_in_the_interpreter(interp, name):
     res = interp["nets"][name]
     assert res["fused"] and res["keys_same"]
-    assert "FusedInstanceNorm3d" in res["classes"] and len(res["classes"]) >= 2, res["classes"]
+    assert "FusedInstanceNorm3d" in res["classes"] and "FusedLayerNorm" in res["classes"], res["classes"]
     assert res["rel"] < 1e-5, f"{name}: fused vs unfused relative difference {res['rel']:.3g}"
 
 
@@ -114,14 +141,14 @@ def test_fused_model_off_gpu_is_the_unfused_model_exactly():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("in the interpreter the kernels run on CPU tensors")
     from BraTSMambaLib.nets import build_model, get_spec
-    from BraTSMambaLib.nets.fused import fuse_instance_norms
+    from BraTSMambaLib.nets.fused import fuse_norms
 
     torch.manual_seed(0)
     kw = dict(get_spec("umambabot").tiny, patch_size=(16, 16, 16))
     ref_model = build_model("umambabot", **kw)
     model = build_model("umambabot", **kw)
     model.load_state_dict(ref_model.state_dict())
-    fuse_instance_norms(model)
+    fuse_norms(model)
     x = torch.randn(2, 4, 16, 16, 16)
     y_ref, y = ref_model(x), model(x)               # training mode, gradients on: the original path
     assert torch.equal(y_ref, y)
@@ -134,13 +161,13 @@ def test_fused_model_off_gpu_is_the_unfused_model_exactly():
 def test_unknown_activation_keeps_the_original_forward():
     from monai.networks.blocks.dynunet_block import UnetResBlock
 
-    from BraTSMambaLib.nets.fused import fuse_instance_norms
+    from BraTSMambaLib.nets.fused import fuse_norms
 
     block = UnetResBlock(3, 4, 6, 3, 1, "instance", act_name="gelu").eval()
     x = torch.randn(1, 4, 6, 6, 6)
     with torch.inference_mode():
         ref = block(x)
-        fuse_instance_norms(block)
+        fuse_norms(block)
         assert type(block).__name__ == "FusedUnetResBlock"
         assert torch.equal(block(x), ref)
 
@@ -151,6 +178,10 @@ def test_kernel_on_cuda_bf16_and_fp32():
     for err in _kernel_errors("cuda", torch.float32):
         assert err < 1e-5
     for err in _kernel_errors("cuda", torch.bfloat16, offset=0.0):
+        assert err < 1e-2
+    for err in _layer_norm_errors("cuda", torch.float32):
+        assert err < 1e-5
+    for err in _layer_norm_errors("cuda", torch.bfloat16):
         assert err < 1e-2
 
 
@@ -181,7 +212,7 @@ def no_tf32():
 def test_fused_network_on_cuda(name, no_tf32):
     pytest.importorskip("triton")
     from BraTSMambaLib.nets import build_model, get_spec
-    from BraTSMambaLib.nets.fused import fuse_instance_norms
+    from BraTSMambaLib.nets.fused import fuse_norms
 
     torch.manual_seed(0)
     kw = dict(get_spec(name).tiny, patch_size=(32, 32, 32))
@@ -189,6 +220,6 @@ def test_fused_network_on_cuda(name, no_tf32):
     x = torch.randn(2, 4, 32, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         ref = model(x)
-        fuse_instance_norms(model)
+        fuse_norms(model)
         y = model(x)
     assert float((y - ref).norm() / ref.norm()) < 1e-4

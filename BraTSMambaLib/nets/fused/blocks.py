@@ -1,7 +1,7 @@
 """Inference forms of the convolution blocks our networks are built from, with every instance norm's
 following residual add and activation done in the same pass (`norm_kernels`).
 
-`fuse_instance_norms(model)` changes module classes in place (`module.__class__ = Fused...`): each fused
+`fuse_norms(model)` changes module classes in place (`module.__class__ = Fused...`): each fused
 class subclasses the original and only overrides `forward`, so parameters, buffers, state-dict keys,
 hooks and isinstance checks stay as they were. The fused paths run for 5-D CUDA tensors when no gradient
 is needed; anything else (CPU, training, autograd) takes the original code path, so a fused model
@@ -67,6 +67,18 @@ class FusedInstanceNorm3d(nn.InstanceNorm3d):
         return act(y) if act is not None else y
 
 
+class FusedLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over one last dimension of at most 1024, as one Triton pass on CUDA without gradients."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = _kernels()
+        if (k is not None and (x.is_cuda or _INTERPRETED) and len(self.normalized_shape) == 1
+                and self.normalized_shape[0] <= 1024 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and not (torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None and self.weight.requires_grad)))):
+            return k.layer_norm_rows(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
 def _norm(module: nn.Module) -> FusedInstanceNorm3d | None:
     return module if isinstance(module, FusedInstanceNorm3d) else None
 
@@ -128,21 +140,23 @@ def _fused_blocks() -> dict[type, type]:
             ConvDropoutNormReLU: FusedConvDropoutNormReLU, BasicBlockD: FusedBasicBlockD}
 
 
-def fuse_instance_norms(model: nn.Module) -> nn.Module:
-    """In place: every nn.InstanceNorm3d becomes a FusedInstanceNorm3d and every known block its fused
-    form (same parameters and state-dict keys); returns the model."""
+def fuse_norms(model: nn.Module) -> nn.Module:
+    """In place: every nn.InstanceNorm3d becomes a FusedInstanceNorm3d, every nn.LayerNorm a FusedLayerNorm
+    and every known block its fused form (same parameters and state-dict keys); returns the model."""
     blocks = _fused_blocks()
     for module in model.modules():
         if type(module) is nn.InstanceNorm3d:
             module.__class__ = FusedInstanceNorm3d
+        elif type(module) is nn.LayerNorm:
+            module.__class__ = FusedLayerNorm
         elif type(module) in blocks:
             module.__class__ = blocks[type(module)]
     return model
 
 
 def is_fused(model: nn.Module) -> bool:
-    """Whether `fuse_instance_norms` has been applied to the model."""
+    """Whether `fuse_norms` has been applied to the model."""
     return any(isinstance(m, FusedInstanceNorm3d) for m in model.modules())
 
 
-__all__: list[str] = ["FusedInstanceNorm3d", "fuse_instance_norms", "is_fused"]
+__all__: list[str] = ["FusedInstanceNorm3d", "FusedLayerNorm", "fuse_norms", "is_fused"]
