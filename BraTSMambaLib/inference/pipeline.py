@@ -123,15 +123,72 @@ def predict_case(case, model: LoadedModel, options: SegmentOptions, timer: _Time
 
     `on_progress` hears the preprocess, inference (after every forward pass) and postprocess stages.
     """
-    from BraTSMambaLib.inference.preprocessing import preprocess, restore
+    from BraTSMambaLib.inference.preprocessing import restore
+
+    timer = timer or _Timer(_sync_for(model.device))
+    prob, props = _predict(case, model, timer, on_progress)
+    with timer("postprocess"):
+        full = restore(prob, props, *model.plans)
+    return full, timer.times
+
+
+@dataclass
+class LabelPrediction:
+    """A case's label map and region masks on the input grid (and its probabilities when asked for)."""
+
+    labels: np.ndarray  # (z, y, x) uint8 in the requested convention
+    regions: np.ndarray  # (3, z, y, x) bool in REGIONS order, implied by `labels` (nested)
+    probabilities: np.ndarray | None  # (3, z, y, x) float32, as `predict_case` returns them
+    times: dict[str, float]
+
+
+def predict_labels(case, model: LoadedModel, options: SegmentOptions, timer: _Timer | None = None,
+                   on_progress: ProgressCallback | None = None, *, probabilities: bool = False) -> LabelPrediction:
+    """Label map and regions of a loaded BraTSCase, nothing written: exactly what labelling
+    `predict_case`'s probabilities gives (`postprocessing.label_map(region_masks(p))`, then
+    `consistent_regions`), but thresholded and labelled on the cropped grid where the predictor
+    left the probabilities (the GPU on CUDA), so only uint8 labels and bool masks come to the host
+    and are put back into the input grid. Full-size probabilities are built only if `probabilities`.
+    """
+    timer = timer or _Timer(_sync_for(model.device))
+    prob, props = _predict(case, model, timer, on_progress)
+    with timer("postprocess"):
+        labels, regions, full = labels_on_input_grid(prob, props, model.plans, options.labels,
+                                                     probabilities=probabilities)
+    return LabelPrediction(labels, regions, full, timer.times)
+
+
+def labels_on_input_grid(prob, props: dict, plans: tuple, convention: str = "2021", *,
+                         probabilities: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(labels, regions, probabilities or None) on the input grid from region probabilities on the
+    preprocessed grid (`predict_labels` without the network): resampled to the cropped input grid
+    only when preprocessing resampled, thresholded and labelled there on the probabilities' device,
+    then put into the full volume (zero outside the crop, where the full-size probabilities are 0)."""
+    from BraTSMambaLib.inference.preprocessing import restore, to_cropped_input_grid, uncrop
+
+    pm, cm, dj = plans
+    cropped = to_cropped_input_grid(prob, props, pm, cm)
+    crop_labels = P.label_map(P.region_masks(cropped), convention)
+    crop_regions = P.consistent_regions(crop_labels, convention)
+    labels = uncrop(_host(crop_labels), props, pm)
+    regions = uncrop(_host(crop_regions), props, pm)
+    full = restore(cropped, props, pm, cm, dj) if probabilities else None
+    return labels, regions, full
+
+
+def _predict(case, model: LoadedModel, timer: _Timer, on_progress: ProgressCallback | None) -> tuple:
+    """(region probabilities on the preprocessed grid, on the predictor's device; nnU-Net properties)."""
+    import SimpleITK as sitk
+
+    from BraTSMambaLib.inference.preprocessing import preprocess
 
     tell = on_progress or (lambda stage, fraction, message="": None)
-    timer = timer or _Timer(_sync_for(model.device))
     pm, cm, dj = model.plans
     tell("preprocess", stage_fraction("preprocess"), f"{case.case_id}: resampling and normalising")
     with timer("preprocess"):
         spacing_zyx = tuple(reversed(case.reference.GetSpacing()))
-        data, props = preprocess(case.array(), spacing_zyx, pm, cm, dj)
+        channels = [sitk.GetArrayViewFromImage(case.images[k]) for k in C.MODALITIES]  # case.array(), unstacked
+        data, props = preprocess(channels, spacing_zyx, pm, cm, dj)
     tell("inference", stage_fraction("inference"), f"{case.case_id}: sliding window")
 
     def on_tiles(done: int, total: int) -> None:
@@ -140,9 +197,11 @@ def predict_case(case, model: LoadedModel, options: SegmentOptions, timer: _Time
     with timer("inference"):
         prob = model.predictor.predict(data, on_tiles=on_tiles if on_progress is not None else None)
     tell("postprocess", stage_fraction("postprocess"), f"{case.case_id}: restoring the input geometry")
-    with timer("postprocess"):
-        full = restore(prob, props, pm, cm, dj)
-    return full, timer.times
+    return prob, props
+
+
+def _host(x) -> np.ndarray:
+    return x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x)
 
 
 def segment_case(
@@ -166,10 +225,9 @@ def segment_case(
             case = load_case(case)
     paths = O.output_paths(out_dir, case.case_id, probabilities=options.save_probabilities, overlay=options.overlay)
     O.check_targets(paths, options.overwrite)
-    prob, _ = predict_case(case, model, options, timer, on_progress)
+    pred = predict_labels(case, model, options, timer, on_progress, probabilities=options.save_probabilities)
+    labels, regions, prob = pred.labels, pred.regions, pred.probabilities
     with timer("postprocess"):
-        labels = P.label_map(P.region_masks(prob), options.labels)
-        regions = P.consistent_regions(labels, options.labels)
         spacing = tuple(case.reference.GetSpacing())
         report: dict[str, Any] = {
             "case": case.case_id,
@@ -189,11 +247,11 @@ def segment_case(
     )
     tell("write", stage_fraction("write"), f"{case.case_id}: writing {len(paths)} files")
     _write_outputs(paths, case, model, labels, regions, prob, report, timer, t_start, options)
-    return CaseResult(case.case_id, paths, report, labels, regions, prob if options.save_probabilities else None)
+    return CaseResult(case.case_id, paths, report, labels, regions, prob)
 
 
 def _write_outputs(paths: Mapping[str, Path], case, model: LoadedModel, labels: np.ndarray, regions: np.ndarray,
-                   prob: np.ndarray, report: dict[str, Any], timer: "_Timer", t_start: float,
+                   prob: np.ndarray | None, report: dict[str, Any], timer: "_Timer", t_start: float,
                    options: SegmentOptions) -> None:
     """Write a case's outputs as one unit: every file goes to a hidden temporary name first, and only
     when all are written are they renamed into place, `_volumes.json` last (it marks a complete case).

@@ -128,15 +128,80 @@ def _plans_cached(root: str, meta_json: str):
 
 
 def preprocess(
-    data: np.ndarray, spacing_zyx: Sequence[float], pm: "PlansManager", cm: "ConfigurationManager", dataset_json: dict
+    data: np.ndarray | Sequence[np.ndarray], spacing_zyx: Sequence[float], pm: "PlansManager",
+    cm: "ConfigurationManager", dataset_json: dict,
 ) -> tuple[np.ndarray, dict]:
-    """nnU-Net preprocessing of a (4, z, y, x) stack; returns (data, properties for `restore`)."""
+    """nnU-Net preprocessing of a (4, z, y, x) stack (or its four (z, y, x) channels, any dtype, cast to
+    float32 as `BraTSCase.array` does); returns (data, properties for `restore`).
+
+    nnU-Net's `DefaultPreprocessor.run_case_npy` runs on the nonzero bounding box grown by one voxel
+    (`nonzero_box`), not on the whole volume: its hole filling, crop, normalisation and resampling then
+    give the same array bit for bit (see `nonzero_box`) in a fraction of the time, and the properties
+    are composed back to the whole volume's (`bbox_used_for_cropping`, `shape_before_cropping`).
+    """
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
+    channels = list(data)
+    full_shape = tuple(channels[0].shape)
+    box = nonzero_box(channels)
+    if box is None:  # nothing nonzero: nnU-Net keeps the whole volume
+        box = tuple(slice(0, n) for n in full_shape)
+    sub = np.empty((len(channels), *(b.stop - b.start for b in box)), dtype=np.float32)
+    for i, c in enumerate(channels):
+        sub[i] = np.asarray(c)[box]  # the float32 cast of BraTSCase.array, only inside the box
     props: dict[str, Any] = {"spacing": [float(s) for s in spacing_zyx]}
-    pre = DefaultPreprocessor(verbose=False)
-    out, _seg, props = pre.run_case_npy(data, None, props, pm, cm, dataset_json)
+    out, _seg, props = DefaultPreprocessor(verbose=False).run_case_npy(sub, None, props, pm, cm, dataset_json)
+    offset = [box[i].start for i in pm.transpose_forward]
+    props["shape_before_cropping"] = tuple(full_shape[i] for i in pm.transpose_forward)
+    props["bbox_used_for_cropping"] = [[lo + o, hi + o] for (lo, hi), o in zip(props["bbox_used_for_cropping"], offset)]
     return np.ascontiguousarray(out, dtype=np.float32), props
+
+
+def nonzero_box(channels: Sequence[np.ndarray]) -> tuple[slice, ...] | None:
+    """Bounding box of the voxels nonzero in any channel (after a float32 cast), grown by one voxel
+    on each side and clipped to the volume; None when every voxel is zero.
+
+    Why nnU-Net's preprocessing inside this box equals its preprocessing of the whole volume:
+    every voxel outside the nonzero bounding box is background joined to the volume's border, so
+    `binary_fill_holes` fills nothing there and the filled mask has the same bounding box; a
+    background voxel inside the box reaches the volume border exactly when it reaches the box border
+    (each box face is the volume border or background outside the bounding box), so the filled masks
+    agree inside the box. The one-voxel margin keeps the crop a strided view in both cases (the
+    cropped region spans a whole axis in one exactly when it does in the other), so nnU-Net's
+    whole-image mean and std (normalisation without a mask) sum in the same order.
+    """
+    nonzero = None
+    for c in channels:
+        c = np.asarray(c)
+        if c.dtype.kind not in "biu" and c.dtype not in (np.float16, np.float32):
+            c = c.astype(np.float32)  # e.g. float64 values too small for float32 become 0 there
+        nz = c != 0
+        nonzero = nz if nonzero is None else np.logical_or(nonzero, nz, out=nonzero)
+    if nonzero is None or not nonzero.any():
+        return None
+    box = []
+    for axis, n in enumerate(nonzero.shape):
+        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(nonzero.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, n)))
+    return tuple(box)
+
+
+def to_cropped_input_grid(
+    probabilities: "torch.Tensor | np.ndarray", props: dict, pm: "PlansManager", cm: "ConfigurationManager",
+) -> "torch.Tensor | np.ndarray":
+    """Region probabilities on the preprocessed grid -> the cropped input grid (nnU-Net's
+    `resampling_fn_probabilities`). Returned untouched (same device) when preprocessing did not
+    resample; otherwise resampled on the CPU as a float32 numpy array."""
+    import torch
+
+    shape = props["shape_after_cropping_and_before_resampling"]
+    if tuple(probabilities.shape[1:]) == tuple(shape):
+        return probabilities
+    spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
+    current = cm.spacing if len(cm.spacing) == len(shape) else [spacing_t[0], *cm.spacing]
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.float().cpu()
+    return np.asarray(cm.resampling_fn_probabilities(probabilities, shape, current, spacing_t), dtype=np.float32)
 
 
 def restore(
@@ -146,14 +211,21 @@ def restore(
     """Region probabilities on the preprocessed grid -> (3, z, y, x) float32 on the input grid."""
     import torch
 
-    spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
-    shape = props["shape_after_cropping_and_before_resampling"]
-    current = cm.spacing if len(cm.spacing) == len(shape) else [spacing_t[0], *cm.spacing]
-    if tuple(probabilities.shape[1:]) != tuple(shape):
-        probabilities = cm.resampling_fn_probabilities(probabilities, shape, current, spacing_t)
+    probabilities = to_cropped_input_grid(probabilities, props, pm, cm)
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.float().cpu().numpy()
     lm = pm.get_label_manager(dataset_json)
     full = lm.revert_cropping_on_probabilities(np.asarray(probabilities, dtype=np.float32),
                                                props["bbox_used_for_cropping"], props["shape_before_cropping"])
     return np.ascontiguousarray(full.transpose([0] + [i + 1 for i in pm.transpose_backward]))
+
+
+def uncrop(array: np.ndarray, props: dict, pm: "PlansManager") -> np.ndarray:
+    """A (..., z', y', x') array on the cropped input grid -> (..., z, y, x) on the input grid, zero
+    (False) outside the crop: the inverse of nnU-Net's crop and transposition, for label maps and masks."""
+    bbox = props["bbox_used_for_cropping"]
+    lead = array.shape[:array.ndim - len(bbox)]
+    full = np.zeros((*lead, *props["shape_before_cropping"]), dtype=array.dtype)
+    full[(Ellipsis, *(slice(lo, hi) for lo, hi in bbox))] = array
+    back = [*range(len(lead)), *(i + len(lead) for i in pm.transpose_backward)]
+    return full if back == sorted(back) else np.ascontiguousarray(full.transpose(back))

@@ -1,0 +1,206 @@
+"""The fast CPU side of a case is exact: preprocessing inside the nonzero box gives nnU-Net's
+whole-volume preprocessing bit for bit, and labelling on the cropped grid gives the label map,
+regions and volumes of thresholding the full-size restored probabilities with `conventions`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from BraTSMambaLib.data import conventions as C
+from BraTSMambaLib.errors import BraTSInputError
+from BraTSMambaLib.inference import postprocessing as P
+from BraTSMambaLib.inference.pipeline import labels_on_input_grid
+from BraTSMambaLib.inference.preprocessing import (
+    equivalent_plans, nonzero_box, preprocess, region_dataset_json, restore,
+)
+
+SHAPE = (30, 36, 28)
+CONVENTIONS = ("2021", "2023", "nnunet")
+
+
+def plans(target_zyx=(1.0, 1.0, 1.0), *, transpose=(0, 1, 2), use_mask_for_norm=True) -> tuple:
+    raw = equivalent_plans(target_zyx, (16, 16, 16), use_mask_for_norm=use_mask_for_norm)
+    raw["transpose_forward"] = list(transpose)
+    raw["transpose_backward"] = [int(i) for i in np.argsort(transpose)]
+    pm = PlansManager(raw)
+    return pm, pm.get_configuration("3d_fullres"), region_dataset_json()
+
+
+def synthetic(seed: int = 0, *, touch_border: bool = True, dtype=np.int16) -> np.ndarray:
+    """(4, z, y, x) brain-like volume: an ellipsoid (cut by the volume's x faces when `touch_border`)
+    with a zero cavity inside (a hole nnU-Net fills), zero voxels in single channels, a stray voxel."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    rx = 16.0 if touch_border else 10.0
+    brain = ((z - 15) / 11) ** 2 + ((y - 17) / 13) ** 2 + ((x - 14) / rx) ** 2 <= 1
+    cavity = ((z - 14) / 3) ** 2 + ((y - 16) / 4) ** 2 + ((x - 13) / 3) ** 2 <= 1
+    data = rng.integers(1, 3000, size=(4, *SHAPE)).astype(dtype)
+    data *= (brain & ~cavity)[None]
+    data[2][rng.random(SHAPE) < 0.1] = 0  # some voxels zero in one channel only
+    data[:, 2, 3, 4] = 7  # a stray nonzero voxel outside the brain widens the box
+    return data
+
+
+def nnunet_whole(data: np.ndarray, spacing_zyx, pm, cm, dj) -> tuple[np.ndarray, dict]:
+    """nnU-Net's own preprocessing of the whole float32 stack (what `preprocess` must reproduce)."""
+    props = {"spacing": [float(s) for s in spacing_zyx]}
+    out, _, props = DefaultPreprocessor(verbose=False).run_case_npy(data.astype(np.float32), None, props, pm, cm, dj)
+    return np.ascontiguousarray(out, dtype=np.float32), props
+
+
+def assert_same_preprocessing(ours: tuple, theirs: tuple) -> None:
+    (a, pa), (b, pb) = ours, theirs
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), "preprocessed arrays differ in some bits"
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert pa[k] == pb[k] and type(pa[k]) is type(pb[k]), (k, pa[k], pb[k])
+
+
+def reference_labels(prob, props, plans_, convention):
+    """The slow, obvious path: full-size probabilities, threshold, then the conventions' functions."""
+    full = restore(prob, props, *plans_)
+    labels = C.regions_to_labels(full > P.THRESHOLD, convention)
+    return full, labels, C.labels_to_regions(labels, convention)
+
+
+# --- preprocessing ------------------------------------------------------------------------------
+
+
+def test_synthetic_volume_has_what_the_proof_needs():
+    data = synthetic()
+    mask = np.any(data != 0, axis=0)
+    filled = create_nonzero_mask(data.astype(np.float32))
+    assert np.count_nonzero(filled & ~mask) > 50, "the cavity must be a hole nnU-Net fills"
+    box = nonzero_box(list(data))
+    assert box[2] == slice(0, SHAPE[2]), "the brain touches both x faces"
+    assert box[0].start > 0 and box[1].stop < SHAPE[1]  # elsewhere the box has a margin
+
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
+@pytest.mark.parametrize("use_mask_for_norm", [True, False])
+@pytest.mark.parametrize("touch_border", [True, False])
+def test_preprocess_equals_nnunet_on_the_whole_volume(transpose, use_mask_for_norm, touch_border):
+    data = synthetic(1, touch_border=touch_border)
+    p = plans(transpose=transpose, use_mask_for_norm=use_mask_for_norm)
+    theirs = nnunet_whole(data, (1.0, 1.0, 1.0), *p)
+    assert_same_preprocessing(preprocess(data, (1.0, 1.0, 1.0), *p), theirs)  # a stack
+    assert_same_preprocessing(preprocess(list(data), (1.0, 1.0, 1.0), *p), theirs)  # four int16 channels
+
+
+def test_preprocess_equals_nnunet_when_resampling():
+    data = synthetic(2)
+    p = plans((1.0, 1.0, 1.0))
+    spacing = (2.0, 1.0, 1.3)
+    ours, theirs = preprocess(list(data), spacing, *p), nnunet_whole(data, spacing, *p)
+    assert ours[0].shape[1:] != ours[1]["shape_after_cropping_and_before_resampling"]  # it did resample
+    assert_same_preprocessing(ours, theirs)
+
+
+def test_preprocess_float64_input_casts_first():
+    """Float64 values too small for float32 are zero for nnU-Net (it casts first), so they are outside the box."""
+    data = synthetic(3, touch_border=False).astype(np.float64)
+    data[:, 1, 1, 1] = 1e-60
+    p = plans()
+    assert_same_preprocessing(preprocess(list(data), (1.0, 1.0, 1.0), *p),
+                              nnunet_whole(data.astype(np.float32), (1.0, 1.0, 1.0), *p))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # nnU-Net normalises an empty mask
+def test_preprocess_all_zero_volume():
+    data = np.zeros((4, *SHAPE), dtype=np.int16)
+    p = plans()
+    assert nonzero_box(list(data)) is None
+    assert_same_preprocessing(preprocess(data, (1.0, 1.0, 1.0), *p), nnunet_whole(data, (1.0, 1.0, 1.0), *p))
+
+
+# --- postprocessing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_label_map_and_regions_equal_the_conventions(convention):
+    rng = np.random.default_rng(0)
+    regions = rng.random((3, 20, 21, 22)) < 0.4
+    regions[:, 0, 0, :8] = np.array([[(i >> k) & 1 for i in range(8)] for k in range(3)], dtype=bool)  # every combo
+    expected = C.regions_to_labels(regions, convention)
+    for given in (regions, regions.astype(np.uint8), torch.from_numpy(regions)):
+        got = P.label_map(given, convention)
+        got = got.numpy() if isinstance(got, torch.Tensor) else got
+        assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    expected_regions = C.labels_to_regions(expected, convention)
+    for given in (expected, expected.astype(np.int16), torch.from_numpy(expected)):
+        got = P.consistent_regions(given, convention)
+        got = got.numpy() if isinstance(got, torch.Tensor) else got
+        assert got.dtype == bool and np.array_equal(got, expected_regions)
+
+
+def test_consistent_regions_refuses_values_outside_the_convention():
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    labels[1, 1, 1] = 3
+    with pytest.raises(BraTSInputError, match=r"\[3\]"):
+        P.consistent_regions(labels, "2021")
+    with pytest.raises(BraTSInputError, match=r"\[3\]"):
+        P.consistent_regions(torch.from_numpy(labels), "2021")
+    assert P.consistent_regions(labels, "2023")[:, 1, 1, 1].all()
+
+
+@pytest.mark.parametrize("spacing,transpose", [((1.0, 1.0, 1.0), (0, 1, 2)), ((1.0, 1.0, 1.0), (2, 0, 1)),
+                                               ((2.0, 1.0, 1.3), (0, 1, 2))])
+@pytest.mark.parametrize("convention", ["2021", "2023"])
+def test_labels_on_cropped_grid_equal_thresholding_the_full_probabilities(spacing, transpose, convention):
+    data = synthetic(4)
+    p = plans(transpose=transpose)
+    pre, props = preprocess(list(data), spacing, *p)
+    rng = np.random.default_rng(5)
+    prob = rng.random((3, *pre.shape[1:]), dtype=np.float32)
+    prob[:, ::7] = 0.5  # exactly at the threshold: not in the region
+    full, labels, regions = reference_labels(prob, props, p, convention)
+    assert labels.any() and not labels.all()
+    for given in (prob, torch.from_numpy(prob)):
+        got_labels, got_regions, got_full = labels_on_input_grid(given, props, p, convention, probabilities=True)
+        assert got_labels.dtype == np.uint8 and got_labels.shape == data.shape[1:]
+        assert np.array_equal(got_labels, labels) and np.array_equal(got_regions, regions)
+        assert np.array_equal(got_full, full)
+        assert P.volumes_ml(got_regions, got_labels, (1.0, 1.1, 2.0), convention) == \
+            P.volumes_ml(regions, labels, (1.0, 1.1, 2.0), convention)
+    assert labels_on_input_grid(prob, props, p, convention)[2] is None  # no full-size probabilities unless asked
+
+
+@pytest.mark.gpu
+def test_labels_on_the_gpu_equal_the_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    data = synthetic(6)
+    p = plans()
+    pre, props = preprocess(list(data), (1.0, 1.0, 1.0), *p)
+    prob = torch.rand((3, *pre.shape[1:]), generator=torch.Generator().manual_seed(0))
+    _, labels, regions = reference_labels(prob, props, p, "2021")
+    got_labels, got_regions, _ = labels_on_input_grid(prob.cuda(), props, p, "2021")
+    assert np.array_equal(got_labels, labels) and np.array_equal(got_regions, regions)
+
+
+# --- a real case --------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_real_case_is_exact(brats2018_cases):
+    import SimpleITK as sitk
+
+    from BraTSMambaLib.data.case import load_case
+
+    case = load_case(brats2018_cases[0])
+    p = plans()
+    spacing = tuple(reversed(case.reference.GetSpacing()))
+    channels = [sitk.GetArrayViewFromImage(case.images[k]) for k in C.MODALITIES]
+    ours = preprocess(channels, spacing, *p)
+    assert_same_preprocessing(ours, nnunet_whole(case.array(), spacing, *p))
+    prob = torch.rand((3, *ours[0].shape[1:]), generator=torch.Generator().manual_seed(0)) ** 3  # some tumour
+    _, labels, regions = reference_labels(prob, ours[1], p, "2021")
+    got_labels, got_regions, _ = labels_on_input_grid(prob, ours[1], p, "2021")
+    assert np.array_equal(got_labels, labels) and np.array_equal(got_regions, regions)
+    assert P.volumes_ml(got_regions, got_labels, case.spacing, "2021") == P.volumes_ml(regions, labels, case.spacing, "2021")
+
