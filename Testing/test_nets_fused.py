@@ -158,6 +158,34 @@ def test_fused_model_off_gpu_is_the_unfused_model_exactly():
         assert (p_ref.grad is None and p.grad is None) or torch.equal(p_ref.grad, p.grad), k
 
 
+@pytest.mark.parametrize("c,k,side", [(4, 7, 16), (4, 7, 15), (3, 3, 10), (4, 5, 9)])
+def test_space_to_depth_convolution_is_exact(c, k, side):
+    from torch.nn import functional as F
+
+    from BraTSMambaLib.nets.fused.space_to_depth import s2d_weight, space_to_depth
+
+    g = torch.Generator().manual_seed(side)
+    x = torch.randn(2, c, side, side + 1, side + 2, generator=g, dtype=torch.float64)
+    w = torch.randn(6, c, k, k, k, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    ref = F.conv3d(x, w, b, stride=2, padding=k // 2)
+    out = F.conv3d(space_to_depth(x, (k // 2,) * 3), s2d_weight(w), b)[:, :, :ref.shape[2], :ref.shape[3], :ref.shape[4]]
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) < 1e-10
+
+
+def test_space_to_depth_only_rewrites_the_stem():
+    from BraTSMambaLib.nets import build_model, get_spec
+    from BraTSMambaLib.nets.fused import SpaceToDepthConv3d, fuse_for_inference
+
+    model = fuse_for_inference(build_model("segmamba", **dict(get_spec("segmamba").tiny, patch_size=(32, 32, 32))))
+    rewritten = [n for n, m in model.named_modules() if isinstance(m, SpaceToDepthConv3d)]
+    assert rewritten == ["vit.downsample_layers.0.0"]
+    x = torch.randn(1, 4, 32, 32, 32)
+    stem = model.vit.downsample_layers[0][0]
+    assert torch.equal(stem(x), torch.nn.functional.conv3d(x, stem.weight, stem.bias, 2, 3))  # CPU: plain path
+
+
 def test_unknown_activation_keeps_the_original_forward():
     from monai.networks.blocks.dynunet_block import UnetResBlock
 
@@ -198,6 +226,20 @@ def test_kernel_on_cuda_at_segmamba_size_matches_instance_norm():
     assert float((y.float() - ref).norm() / ref.norm()) < 1e-2
 
 
+@pytest.mark.gpu
+def test_space_to_depth_stem_on_cuda():
+    from BraTSMambaLib.nets.fused import SpaceToDepthConv3d
+
+    conv = torch.nn.Conv3d(4, 48, 7, stride=2, padding=3).cuda().to(torch.bfloat16).eval()
+    x = torch.randn(2, 4, 64, 64, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = conv(x).float()
+        conv.__class__ = SpaceToDepthConv3d
+        y = conv(x.contiguous(memory_format=torch.channels_last_3d)).float()
+    assert y.shape == ref.shape
+    assert float((y - ref).norm() / ref.norm()) < 1e-2
+
+
 @pytest.fixture
 def no_tf32():
     """Full fp32 convolutions and matmuls, so that only the norms differ between two models."""
@@ -212,7 +254,7 @@ def no_tf32():
 def test_fused_network_on_cuda(name, no_tf32):
     pytest.importorskip("triton")
     from BraTSMambaLib.nets import build_model, get_spec
-    from BraTSMambaLib.nets.fused import fuse_norms
+    from BraTSMambaLib.nets.fused import fuse_for_inference
 
     torch.manual_seed(0)
     kw = dict(get_spec(name).tiny, patch_size=(32, 32, 32))
@@ -220,6 +262,6 @@ def test_fused_network_on_cuda(name, no_tf32):
     x = torch.randn(2, 4, 32, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         ref = model(x)
-        fuse_norms(model)
+        fuse_for_inference(model)
         y = model(x)
     assert float((y - ref).norm() / ref.norm()) < 1e-4

@@ -145,9 +145,9 @@ class Runner:
         if self.channels_last:
             to_memory_format(self.model, True)
         if self.suffix == "_fused":
-            from BraTSMambaLib.nets.fused import fuse_norms
+            from BraTSMambaLib.nets.fused import fuse_for_inference
 
-            fuse_norms(self.model)
+            fuse_for_inference(self.model)
         self.compile_s = None
         if self.suffix in ("_compile", "_compileconvs"):
             compile_network(self.model, compile_mode, "whole" if self.suffix == "_compile" else "convs")

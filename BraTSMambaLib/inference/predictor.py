@@ -137,7 +137,7 @@ class SlidingWindowPredictor:
     def __post_init__(self) -> None:
         """Validate the settings and prepare the networks in place (cast, memory format, compile)."""
         from BraTSMambaLib.inference.networks import cast_network, compile_network, to_memory_format
-        from BraTSMambaLib.nets.fused import fuse_norms
+        from BraTSMambaLib.nets.fused import fuse_for_inference
 
         if not 0.0 <= self.overlap < 1.0:
             raise BraTSInputError(f"--overlap {self.overlap}: use a value in [0, 1)")
@@ -158,7 +158,7 @@ class SlidingWindowPredictor:
             if self.memory_format == "channels_last":
                 to_memory_format(net, True)
                 if self.device.type == "cuda" and self.compile == "off":
-                    fuse_norms(net)
+                    fuse_for_inference(net)
             if self.compile != "off":
                 compile_network(net, self.compile, self.compile_scope)
         if self.device.type == "cuda":

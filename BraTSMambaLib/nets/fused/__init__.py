@@ -1,6 +1,17 @@
-"""Inference-time fusion for channels_last_3d networks on CUDA: instance norm + residual add +
-activation in one pass, layer norm over narrow rows in one pass (Triton); same parameters and
-state-dict keys as the unfused model."""
-from BraTSMambaLib.nets.fused.blocks import FusedInstanceNorm3d, FusedLayerNorm, fuse_norms, is_fused
+"""Inference-time rewrites of networks for CUDA, each exact and keeping the parameters and state-dict keys:
+instance norm + residual add + activation in one pass and layer norm over narrow rows in one pass
+(Triton, `blocks`), and a few-channel strided convolution as a space-to-depth convolution
+(`space_to_depth`). Off CUDA, or when gradients are needed, every module runs its original code."""
+from torch import nn
 
-__all__ = ["FusedInstanceNorm3d", "FusedLayerNorm", "fuse_norms", "is_fused"]
+from BraTSMambaLib.nets.fused.blocks import FusedInstanceNorm3d, FusedLayerNorm, fuse_norms, is_fused
+from BraTSMambaLib.nets.fused.space_to_depth import SpaceToDepthConv3d, use_space_to_depth
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """All rewrites of this package, in place (for channels_last_3d networks on CUDA); returns the model."""
+    return use_space_to_depth(fuse_norms(model))
+
+
+__all__ = ["FusedInstanceNorm3d", "FusedLayerNorm", "SpaceToDepthConv3d", "fuse_for_inference", "fuse_norms",
+           "is_fused", "use_space_to_depth"]
