@@ -15,7 +15,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from BraTSMambaLib.ssm.ops.causal_conv1d import causal_conv1d_silu
 from BraTSMambaLib.ssm.ops.dispatch import compute_dtype

@@ -76,7 +76,7 @@ def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     b, E, L = x.shape
     check_order(order, nslices, L)
     w, bias = conv_parameters(weight, bias)
-    w = w.view(w.shape[0], w.shape[2])
+    w = w[:, 0]
     K = w.shape[1]
     if w.shape[0] != E:
         raise ValueError(f"causal_conv1d_silu: weight has {w.shape[0]} channels, x has {E}")
