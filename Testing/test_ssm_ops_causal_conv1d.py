@@ -58,6 +58,7 @@ CONV_CASES = [
     ("float32", 4, False, "slices", 3, "transposed"),     # ns not a power of two
     ("float32", 4, True, "slices", 2, "xz_slice"),        # ns < K - 1: reordered copy, then the kernel
     ("float32", 1, True, "slices", 6, "contiguous"),
+    ("float32", 3, True, "slices", 36, "xz_slice"),       # one token per slice (S = 1)
     ("bfloat16", 4, True, "forward", None, "xz_slice"),
     ("bfloat16", 3, False, "reverse", None, "contiguous"),
     ("bfloat16", 2, True, "slices", 4, "transposed"),

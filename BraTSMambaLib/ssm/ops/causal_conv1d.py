@@ -89,9 +89,9 @@ def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     flags = {"K": K, "HAS_BIAS": bias is not None, "SILU": silu, "num_warps": NUM_WARPS}
     if order == "slices":
         S = L // nslices
-        nsp = _next_pow2(nslices)
+        nsp = max(2, _next_pow2(nslices))
         if nslices >= K - 1 and nsp <= TILE_SLICES:
-            bj = max(1, min(_next_pow2(S), TILE_SLICES // nsp))
+            bj = max(2, min(_next_pow2(S), TILE_SLICES // nsp))
             kernels.conv_silu_slices[(_cdiv(S, bj), E, b)](
                 x, w, bias_t, out, nslices, S, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
                 out.stride(0), out.stride(1), NSP=nsp, BJ=bj, **flags)

@@ -68,7 +68,7 @@ def conv_silu_slices(x_ptr, w_ptr, b_ptr, out_ptr, NS, S, sx_b, sx_e, sw_e, sw_k
     if HAS_BIAS:
         acc += tl.load(b_ptr + e).to(tl.float32)
     for tap in tl.static_range(K):
-        d: tl.constexpr = K - 1 - tap
+        d = K - 1 - tap
         wrap = k < d
         kk = tl.where(wrap, k - d + NS, k - d)
         jj = j - wrap.to(tl.int32)

@@ -46,10 +46,10 @@ def gate_sum_triton(z: torch.Tensor, y_f: torch.Tensor, y_r: torch.Tensor, y_s: 
     if out.numel() == 0:
         return out
     S = L // nslices
-    nsp = _next_pow2(nslices)
+    nsp = max(2, _next_pow2(nslices))
     if nsp > TILE:
         return gate_sum_torch(z, y_f, y_r, y_s, nslices)
-    bj = max(1, min(_next_pow2(S), TILE // nsp))
+    bj = max(2, min(_next_pow2(S), TILE // nsp))
     kernels.gate_sum[(-(-S // bj), E, b)](
         z, y_f, y_r, y_s, out, nslices, S, z.stride(0), z.stride(1), y_f.stride(0), y_f.stride(1),
         y_r.stride(0), y_r.stride(1), y_s.stride(0), y_s.stride(1), out.stride(0), out.stride(1),
