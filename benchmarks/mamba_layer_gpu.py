@@ -70,8 +70,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn, device: torch.device, reps: int) -> tuple[float, float]:
-    """(median ms, peak MiB allocated above the start) of fn() after two warm-up calls."""
+def time_ms(fn, device: torch.device, reps: int) -> tuple[float, float | None]:
+    """(median ms, peak MiB allocated above the start; None off CUDA) of fn() after two warm-up calls."""
     fn()
     fn()
     sync(device)
@@ -92,7 +92,7 @@ def time_ms(fn, device: torch.device, reps: int) -> tuple[float, float]:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-        peak = float("nan")
+        peak = None
     return statistics.median(times), peak
 
 
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'stage':7s} {'kind':5s} {'what':38s} {'ms':>9s} {'peak MiB':>9s} {'GB/s':>7s}")
     for r in rows:
         gbs = f"{r['GB/s']:7.0f}" if r["GB/s"] else " " * 7
-        print(f"{r['stage']:7s} {r['kind']:5s} {r['what']:38s} {r['ms']:9.3f} {r['peak_MiB']:9.0f} {gbs}")
+        peak = f"{r['peak_MiB']:9.0f}" if r["peak_MiB"] is not None else " " * 9
+        print(f"{r['stage']:7s} {r['kind']:5s} {r['what']:38s} {r['ms']:9.3f} {peak} {gbs}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
