@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import get_bbox_from_mask
 from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -79,6 +80,9 @@ def test_synthetic_volume_has_what_the_proof_needs():
     box = nonzero_box(list(data))
     assert box[2] == slice(0, SHAPE[2]), "the brain touches both x faces"
     assert box[0].start > 0 and box[1].stop < SHAPE[1]  # elsewhere the box has a margin
+    tight = nonzero_box(list(data), margin=0)
+    assert [[s.start, s.stop] for s in tight] == get_bbox_from_mask(filled)  # filling adds nothing outside it
+    assert [s.stop - s.start for s in box] == [s.stop - s.start + 2 for s in tight[:2]] + [SHAPE[2]]
 
 
 @pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
@@ -204,3 +208,11 @@ def test_real_case_is_exact(brats2018_cases):
     assert np.array_equal(got_labels, labels) and np.array_equal(got_regions, regions)
     assert P.volumes_ml(got_regions, got_labels, case.spacing, "2021") == P.volumes_ml(regions, labels, case.spacing, "2021")
 
+
+
+def test_region_masks_of_half_precision_tensors_match_restore():
+    """A bf16/fp16 tensor is thresholded as `restore` hands it on (cast to float32 first)."""
+    prob = torch.rand((3, 6, 7, 8), generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.bfloat16, torch.float16):
+        p = prob.to(dtype)
+        assert np.array_equal(P.region_masks(p, 0.3), p.float().numpy() > 0.3)

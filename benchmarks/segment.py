@@ -149,12 +149,17 @@ def parse_config(text: str) -> dict:
 
 def stage_breakdown(case, model, repeats: int = 2) -> dict:
     """Seconds (best of `repeats`) of the CPU-side pieces of preprocess and postprocess on this case:
-    nnU-Net's nonzero mask (binary_fill_holes), its whole crop, the whole preprocessing, and restoring
-    + labelling a probability map that starts on the model's device (as the predictor leaves it)."""
+    nnU-Net's nonzero mask (binary_fill_holes) and crop on the whole volume and inside the nonzero box
+    (as the pipeline runs it), the whole preprocessing, labelling a probability map that starts on the
+    model's device (as the predictor leaves it; `postprocess_total`), and the full-size pieces
+    (restore, threshold, label map, regions, volumes) that only --save-probabilities still needs."""
+    import SimpleITK as sitk
     from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask, crop_to_nonzero
 
+    from BraTSMambaLib.data import conventions as C
     from BraTSMambaLib.inference import postprocessing as P
-    from BraTSMambaLib.inference.preprocessing import preprocess, restore
+    from BraTSMambaLib.inference.pipeline import labels_on_input_grid
+    from BraTSMambaLib.inference.preprocessing import nonzero_box, preprocess, restore
 
     pm, cm, dj = model.plans
     data = case.array()
@@ -172,11 +177,17 @@ def stage_breakdown(case, model, repeats: int = 2) -> dict:
         out[key] = round(min(times), 4)
         return res
 
-    best("case_array_stack", case.array)  # inside our "preprocess" stage: the four images as one float32 array
-    best("nonzero_mask_fill_holes", lambda: create_nonzero_mask(data))
-    best("crop_to_nonzero", lambda: crop_to_nonzero(data.copy(), None))
-    pre, props = best("preprocess_total", lambda: preprocess(data, spacing_zyx, pm, cm, dj))
+    best("case_array_stack", case.array)  # no longer in the pipeline (it preprocesses the images' own arrays)
+    best("nonzero_mask_fill_holes_whole_volume", lambda: create_nonzero_mask(data))
+    best("crop_to_nonzero_whole_volume", lambda: crop_to_nonzero(data.copy(), None))
+    channels = [sitk.GetArrayViewFromImage(case.images[k]) for k in C.MODALITIES]
+    box = best("nonzero_box", lambda: nonzero_box(channels, margin=0))
+    best("crop_to_nonzero_in_box", lambda: crop_to_nonzero(np.stack([c[box] for c in channels]).astype(np.float32)))
+    best("preprocess_from_stack", lambda: preprocess(data, spacing_zyx, pm, cm, dj))
+    pre, props = best("preprocess_total", lambda: preprocess(channels, spacing_zyx, pm, cm, dj))  # as the pipeline
     prob = torch.rand((3, *pre.shape[1:]), generator=torch.Generator().manual_seed(0)).to(model.device)
+    best("postprocess_total", lambda: labels_on_input_grid(prob, props, model.plans, "2021"))  # as the pipeline
+    # the rest: full-size probabilities, only built with --save-probabilities now
     full = best("restore_incl_device_to_host", lambda: restore(prob, props, pm, cm, dj))
     labels = best("threshold_and_label_map", lambda: P.label_map(P.region_masks(full), "2021"))
     regions = best("consistent_regions", lambda: P.consistent_regions(labels, "2021"))

@@ -1,9 +1,10 @@
 """Region probabilities -> overlapping WT/TC/ET masks -> BraTS label map, and their volumes.
 
-Each step takes numpy arrays or torch tensors and stays where its input is (a CUDA tensor is
-labelled on the GPU). The label values come from `conventions.regions_to_labels` through a table of its answers
-for the 8 possible voxels, the regions from each region's label values in `conventions`, so the
-results equal `regions_to_labels` and `labels_to_regions` (tested) at a fraction of their cost.
+Each step takes numpy arrays or torch tensors: a tensor on an accelerator is labelled where it is
+(the GPU on CUDA) and stays there; anything else (CPU tensors too) is labelled with numpy and gives
+numpy arrays. The label values come from `conventions.regions_to_labels` through a table of its
+answers for the 8 possible voxels, the regions from each region's label values in `conventions`,
+so the results equal `regions_to_labels` and `labels_to_regions` (tested) at a fraction of their cost.
 """
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 def region_masks(probabilities: Any, threshold: float = THRESHOLD) -> Any:
-    """(3, z, y, x) bool masks in REGIONS order; each region thresholded on its own sigmoid, so they may overlap."""
-    if _on_accelerator(probabilities):
-        return probabilities > threshold
+    """(3, z, y, x) bool masks in REGIONS order; each region thresholded on its own sigmoid, so they may
+    overlap. Tensors are compared in float32, as `preprocessing.restore` hands them on."""
+    if _is_tensor(probabilities):
+        probabilities = probabilities.float()
+        if _on_accelerator(probabilities):
+            return probabilities > threshold
     return _numpy(probabilities) > threshold
 
 

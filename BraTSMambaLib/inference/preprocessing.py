@@ -134,16 +134,16 @@ def preprocess(
     """nnU-Net preprocessing of a (4, z, y, x) stack (or its four (z, y, x) channels, any dtype, cast to
     float32 as `BraTSCase.array` does); returns (data, properties for `restore`).
 
-    nnU-Net's `DefaultPreprocessor.run_case_npy` runs on the nonzero bounding box grown by one voxel
-    (`nonzero_box`), not on the whole volume: its hole filling, crop, normalisation and resampling then
-    give the same array bit for bit (see `nonzero_box`) in a fraction of the time, and the properties
-    are composed back to the whole volume's (`bbox_used_for_cropping`, `shape_before_cropping`).
+    nnU-Net's `DefaultPreprocessor.run_case_npy` runs on the nonzero bounding box (`nonzero_box`),
+    not on the whole volume: its hole filling, crop, normalisation and resampling then give the same
+    array bit for bit in a fraction of the time, and the properties are composed back to the whole
+    volume's (`bbox_used_for_cropping`, `shape_before_cropping`).
     """
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     channels = list(data)
     full_shape = tuple(channels[0].shape)
-    box = nonzero_box(channels)
+    box = nonzero_box(channels, margin=0 if _normalisation_ignores_layout(cm) else 1)
     if box is None:  # nothing nonzero: nnU-Net keeps the whole volume
         box = tuple(slice(0, n) for n in full_shape)
     sub = np.empty((len(channels), *(b.stop - b.start for b in box)), dtype=np.float32)
@@ -157,18 +157,27 @@ def preprocess(
     return np.ascontiguousarray(out, dtype=np.float32), props
 
 
-def nonzero_box(channels: Sequence[np.ndarray]) -> tuple[slice, ...] | None:
-    """Bounding box of the voxels nonzero in any channel (after a float32 cast), grown by one voxel
-    on each side and clipped to the volume; None when every voxel is zero.
+def _normalisation_ignores_layout(cm: "ConfigurationManager") -> bool:
+    """True when every channel is z-scored over the brain mask (nnU-Net gathers `image[mask]` before
+    its mean and std, so the crop's memory layout cannot change a bit); else the crop gets a margin."""
+    return all(s == "ZScoreNormalization" and bool(m)
+               for s, m in zip(cm.normalization_schemes, cm.use_mask_for_norm))
 
-    Why nnU-Net's preprocessing inside this box equals its preprocessing of the whole volume:
-    every voxel outside the nonzero bounding box is background joined to the volume's border, so
-    `binary_fill_holes` fills nothing there and the filled mask has the same bounding box; a
-    background voxel inside the box reaches the volume border exactly when it reaches the box border
-    (each box face is the volume border or background outside the bounding box), so the filled masks
-    agree inside the box. The one-voxel margin keeps the crop a strided view in both cases (the
-    cropped region spans a whole axis in one exactly when it does in the other), so nnU-Net's
-    whole-image mean and std (normalisation without a mask) sum in the same order.
+
+def nonzero_box(channels: Sequence[np.ndarray], margin: int = 1) -> tuple[slice, ...] | None:
+    """Bounding box of the voxels nonzero in any channel (after a float32 cast), grown by `margin`
+    voxels on each side and clipped to the volume; None when every voxel is zero.
+
+    Why nnU-Net's preprocessing inside any box holding the nonzero bounding box equals its
+    preprocessing of the whole volume: every voxel outside the bounding box is background joined to
+    the volume's border (through the slab beyond the bounding box that holds it), so
+    `binary_fill_holes` fills nothing there and the filled mask has the same bounding box. Inside,
+    a background voxel joined to the volume border is joined to the box border (a path out must
+    cross it) and the converse holds too: a background voxel on a box face is on the volume border
+    or next to a voxel outside the box, which is outside the bounding box, so the filled masks agree.
+    With a one-voxel margin the crop of the box is a strided view exactly when the crop of the whole
+    volume is (it spans a whole axis in one exactly when it does in the other), so nnU-Net's
+    whole-image mean and std (normalisation without a mask) also meet the same memory layout.
     """
     nonzero = None
     for c in channels:
@@ -177,12 +186,16 @@ def nonzero_box(channels: Sequence[np.ndarray]) -> tuple[slice, ...] | None:
             c = c.astype(np.float32)  # e.g. float64 values too small for float32 become 0 there
         nz = c != 0
         nonzero = nz if nonzero is None else np.logical_or(nonzero, nz, out=nonzero)
-    if nonzero is None or not nonzero.any():
+    if nonzero is None:
         return None
+    z_any = nonzero.any(axis=(1, 2))
+    if not z_any.any():
+        return None
+    yx_any = nonzero.any(axis=0)
     box = []
-    for axis, n in enumerate(nonzero.shape):
-        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(nonzero.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, n)))
+    for hit_mask, n in zip((z_any, yx_any.any(axis=1), yx_any.any(axis=0)), nonzero.shape):
+        hit = np.flatnonzero(hit_mask)
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, n)))
     return tuple(box)
 
 
