@@ -131,15 +131,19 @@ def test_label_map_and_regions_equal_the_conventions(convention):
     regions = rng.random((3, 20, 21, 22)) < 0.4
     regions[:, 0, 0, :8] = np.array([[(i >> k) & 1 for i in range(8)] for k in range(3)], dtype=bool)  # every combo
     expected = C.regions_to_labels(regions, convention)
-    for given in (regions, regions.astype(np.uint8), torch.from_numpy(regions)):
-        got = P.label_map(given, convention)
-        got = got.numpy() if isinstance(got, torch.Tensor) else got
-        assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    table = P._label_table(C.label_convention(convention).name)
+    for got in (P.label_map(regions, convention), P.label_map(regions.astype(np.uint8), convention),
+                P.label_map(torch.from_numpy(regions), convention),
+                P._label_map_torch(torch.from_numpy(regions), table).numpy(),  # the CUDA code, run on the CPU
+                P._label_map_torch(torch.from_numpy(regions.astype(np.float32)), table).numpy()):
+        assert isinstance(got, np.ndarray) and got.dtype == np.uint8 and np.array_equal(got, expected)
     expected_regions = C.labels_to_regions(expected, convention)
-    for given in (expected, expected.astype(np.int16), torch.from_numpy(expected)):
-        got = P.consistent_regions(given, convention)
-        got = got.numpy() if isinstance(got, torch.Tensor) else got
-        assert got.dtype == bool and np.array_equal(got, expected_regions)
+    conv = C.label_convention(convention)
+    for got in (P.consistent_regions(expected, convention), P.consistent_regions(expected.astype(np.int16), convention),
+                P.consistent_regions(expected.astype(np.float32), convention),
+                P.consistent_regions(torch.from_numpy(expected), convention),
+                P._consistent_regions_torch(torch.from_numpy(expected), conv).numpy()):
+        assert isinstance(got, np.ndarray) and got.dtype == bool and np.array_equal(got, expected_regions)
 
 
 def test_consistent_regions_refuses_values_outside_the_convention():
@@ -149,6 +153,8 @@ def test_consistent_regions_refuses_values_outside_the_convention():
         P.consistent_regions(labels, "2021")
     with pytest.raises(BraTSInputError, match=r"\[3\]"):
         P.consistent_regions(torch.from_numpy(labels), "2021")
+    with pytest.raises(BraTSInputError, match=r"\[3\]"):
+        P._consistent_regions_torch(torch.from_numpy(labels), C.label_convention("2021"))
     assert P.consistent_regions(labels, "2023")[:, 1, 1, 1].all()
 
 
@@ -216,3 +222,43 @@ def test_region_masks_of_half_precision_tensors_match_restore():
     for dtype in (torch.bfloat16, torch.float16):
         p = prob.to(dtype)
         assert np.array_equal(P.region_masks(p, 0.3), p.float().numpy() > 0.3)
+
+
+def test_label_map_refuses_a_wrong_number_of_regions():
+    with pytest.raises(BraTSInputError, match="expected 3 region masks"):
+        P.label_map(np.zeros((2, 4, 4, 4), dtype=bool))
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from BraTSMambaLib.inference.package import save_package
+    from BraTSMambaLib.inference.pipeline import SegmentOptions, load_model
+    from BraTSMambaLib.nets import build_model, get_spec
+
+    kw = {k: v for k, v in get_spec("segmamba").tiny.items() if k != "patch_size"}
+    torch.manual_seed(0)
+    net = build_model("segmamba", patch_size=(32, 32, 32), **kw)
+    pkg = save_package(tmp_path_factory.mktemp("pkg") / "tiny", "segmamba", [net.state_dict()],
+                       patch_size=(32, 32, 32), overrides=kw, description="random init, tests only")
+    return load_model(pkg, SegmentOptions(device="cpu", tta=1, overlap=0.0))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.1, 2.0)])
+def test_predict_labels_equals_labelling_predict_case(tiny_model, spacing):
+    """The pipeline's labels (cropped grid) are those of thresholding predict_case's full probabilities."""
+    from BraTSMambaLib.data.phantom import make_phantom
+    from BraTSMambaLib.inference.pipeline import SegmentOptions, predict_case, predict_labels
+
+    case = make_phantom(2, (44, 40, 16 if spacing[2] > 1 else 32), spacing=spacing)
+    options = SegmentOptions(device="cpu", tta=1, overlap=0.0, labels="2023")
+    full, _ = predict_case(case, tiny_model, options)
+    ours = predict_labels(case, tiny_model, options, probabilities=True)
+    labels = C.regions_to_labels(full > 0.5, "2023")
+    assert labels.shape == case.seg_array().shape
+    assert np.array_equal(ours.labels, labels) and np.array_equal(ours.regions, C.labels_to_regions(labels, "2023"))
+    assert np.array_equal(ours.probabilities, full)
+    assert predict_labels(case, tiny_model, options).probabilities is None
+    assert {"preprocess", "inference", "postprocess"} <= ours.times.keys()

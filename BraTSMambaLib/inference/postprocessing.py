@@ -1,21 +1,25 @@
 """Region probabilities -> overlapping WT/TC/ET masks -> BraTS label map, and their volumes.
 
-Each step takes numpy arrays or torch tensors: a tensor on an accelerator is labelled where it is
-(the GPU on CUDA) and stays there; anything else (CPU tensors too) is labelled with numpy and gives
-numpy arrays. The label values come from `conventions.regions_to_labels` through a table of its
-answers for the 8 possible voxels, the regions from each region's label values in `conventions`,
-so the results equal `regions_to_labels` and `labels_to_regions` (tested) at a fraction of their cost.
+Each step takes numpy arrays or torch tensors. A tensor off the CPU is labelled where it is (on
+the GPU after CUDA inference) and stays there, so only the small label map needs to come to the
+host; anything else (CPU tensors too, where numpy is faster) gives numpy arrays. The label values
+come from `conventions.regions_to_labels` through a table of its answers for the 8 possible
+voxels, the regions from each region's label values in `conventions`, so the results equal
+`regions_to_labels` and `labels_to_regions` (tested) at a fraction of their cost.
 """
 from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from BraTSMambaLib.data import conventions as C
 from BraTSMambaLib.errors import BraTSInputError
+
+if TYPE_CHECKING:
+    import torch
 
 THRESHOLD = 0.5
 
@@ -25,12 +29,11 @@ def _is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _on_accelerator(x: Any) -> bool:
-    """A torch tensor off the CPU (CPU tensors are labelled through numpy, which is faster there)."""
+def _off_cpu(x: Any) -> bool:
     return _is_tensor(x) and x.device.type != "cpu"
 
 
-def _numpy(x: Any) -> np.ndarray:
+def _host(x: Any) -> np.ndarray:
     return x.numpy() if _is_tensor(x) else np.asarray(x)
 
 
@@ -39,9 +42,9 @@ def region_masks(probabilities: Any, threshold: float = THRESHOLD) -> Any:
     overlap. Tensors are compared in float32, as `preprocessing.restore` hands them on."""
     if _is_tensor(probabilities):
         probabilities = probabilities.float()
-        if _on_accelerator(probabilities):
+        if _off_cpu(probabilities):
             return probabilities > threshold
-    return _numpy(probabilities) > threshold
+    return _host(probabilities) > threshold
 
 
 @lru_cache(maxsize=None)
@@ -54,55 +57,68 @@ def _label_table(convention: str) -> np.ndarray:
 def label_map(regions: Any, convention: str = "2021") -> Any:
     """BraTS label map (uint8) from region masks with nnU-Net's region order (WT, then TC, then ET
     painted over): `conventions.regions_to_labels` per voxel, through a table of its 8 possible answers."""
-    table = _label_table(C.label_convention(convention).name)
-    if _on_accelerator(regions):
-        import torch
-
-        if regions.shape[0] != len(C.REGIONS):
-            raise BraTSInputError(f"expected {len(C.REGIONS)} region masks (WT, TC, ET), got {regions.shape[0]}")
-        r = (regions if regions.dtype == torch.bool else regions != 0).to(torch.uint8)
-        idx = r[0] | (r[1] << 1) | (r[2] << 2)
-        return torch.as_tensor(table, device=regions.device)[idx.long()]
-    regions = _numpy(regions)
+    regions = regions if _off_cpu(regions) else _host(regions)
     if regions.shape[0] != len(C.REGIONS):
         raise BraTSInputError(f"expected {len(C.REGIONS)} region masks (WT, TC, ET), got {regions.shape[0]}")
+    table = _label_table(C.label_convention(convention).name)
+    if _off_cpu(regions):
+        return _label_map_torch(regions, table)
     r = (regions if regions.dtype == bool else regions != 0).view(np.uint8)
     idx = r[0] | (r[1] << 1)
     idx |= r[2] << 2
     return np.take(table, idx)
 
 
+def _label_map_torch(regions: "torch.Tensor", table: np.ndarray) -> "torch.Tensor":
+    import torch
+
+    r = (regions != 0).to(torch.uint8)
+    idx = r[0] | (r[1] << 1) | (r[2] << 2)
+    return torch.as_tensor(table, device=regions.device)[idx.long()]
+
+
 def consistent_regions(labels: Any, convention: str = "2021") -> Any:
     """Region masks implied by the label map (nested: ET in TC in WT), as evaluation sees them:
     `conventions.labels_to_regions` (label maps with values outside the convention are refused)."""
     conv = C.label_convention(convention)
-    region_values = [conv.region_labels(r) for r in C.REGIONS]
-    if _on_accelerator(labels):
-        import torch
-
-        allowed = torch.zeros_like(labels, dtype=torch.bool)
-        for v in sorted(conv.allowed):
-            allowed |= labels == v
-        if not bool(allowed.all()):
-            C.check_labels(labels.cpu().numpy(), conv.name)  # raises, naming the values
-        out = torch.zeros((len(C.REGIONS), *labels.shape), dtype=torch.bool, device=labels.device)
-        for m, values in zip(out, region_values):
-            for v in values:
-                m |= labels == v
-        return out
-    labels = _numpy(labels)
+    if _off_cpu(labels):
+        if labels.is_floating_point() or labels.is_complex():
+            return _like(consistent_regions(labels.cpu().numpy(), conv.name), labels)
+        return _consistent_regions_torch(labels, conv)
+    labels = _host(labels)
     if labels.dtype.kind not in "iu":
         return C.labels_to_regions(labels, conv.name)
-    allowed = np.zeros(labels.shape, dtype=bool)
-    for v in sorted(conv.allowed):
-        allowed |= labels == v
-    if not allowed.all():
-        C.check_labels(labels, conv.name)  # raises, naming the values
+    _check_allowed(labels, conv, np.zeros(labels.shape, dtype=bool))
     out = np.zeros((len(C.REGIONS), *labels.shape), dtype=bool)
-    for m, values in zip(out, region_values):
-        for v in values:
+    for m, region in zip(out, C.REGIONS):
+        for v in conv.region_labels(region):
             m |= labels == v
     return out
+
+
+def _consistent_regions_torch(labels: "torch.Tensor", conv: C.LabelConvention) -> "torch.Tensor":
+    import torch
+
+    _check_allowed(labels, conv, torch.zeros_like(labels, dtype=torch.bool))
+    out = torch.zeros((len(C.REGIONS), *labels.shape), dtype=torch.bool, device=labels.device)
+    for i, region in enumerate(C.REGIONS):
+        for v in conv.region_labels(region):
+            out[i] |= labels == v
+    return out
+
+
+def _check_allowed(labels: Any, conv: C.LabelConvention, allowed: Any) -> None:
+    """Refuse (BraTSInputError naming the values) a label map with values outside `conv`."""
+    for v in sorted(conv.allowed):
+        allowed |= labels == v
+    if not bool(allowed.all()):
+        C.check_labels(labels.cpu().numpy() if _is_tensor(labels) else labels, conv.name)
+
+
+def _like(array: np.ndarray, tensor: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    return torch.as_tensor(array, device=tensor.device)
 
 
 def volumes_ml(regions: Any, labels: Any, spacing_xyz: Sequence[float], convention: str) -> dict:
