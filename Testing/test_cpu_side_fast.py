@@ -250,7 +250,11 @@ def tiny_model(tmp_path_factory):
 def test_predict_labels_equals_labelling_predict_case(tiny_model, spacing):
     """The pipeline's labels (cropped grid) are those of thresholding predict_case's full probabilities."""
     from BraTSMambaLib.data.phantom import make_phantom
-    from BraTSMambaLib.inference.pipeline import SegmentOptions, predict_case, predict_labels
+    from BraTSMambaLib.inference.pipeline import (
+        SegmentOptions,
+        predict_case,
+        predict_labels,
+    )
 
     case = make_phantom(2, (44, 40, 16 if spacing[2] > 1 else 32), spacing=spacing)
     options = SegmentOptions(device="cpu", tta=1, overlap=0.0, labels="2023")
