@@ -266,3 +266,12 @@ def test_predict_labels_equals_labelling_predict_case(tiny_model, spacing):
     assert np.array_equal(ours.probabilities, full)
     assert predict_labels(case, tiny_model, options).probabilities is None
     assert {"preprocess", "inference", "postprocess"} <= ours.times.keys()
+
+
+def test_preprocess_channels_of_different_dtypes_cast_one_by_one():
+    """Each channel is cast to float32 on its own (as BraTSCase.array does), never through a common dtype."""
+    data = synthetic(7)
+    channels = [data[0], np.where(data[1] != 0, data[1] + 0.25, 0).astype(np.float32), data[2].astype(np.int64) * (2**40 + 1), data[3]]
+    reference = np.stack([c.astype(np.float32) for c in channels])
+    p = plans()
+    assert_same_preprocessing(preprocess(channels, (1.0, 1.0, 1.0), *p), nnunet_whole(reference, (1.0, 1.0, 1.0), *p))

@@ -1,9 +1,11 @@
 """Preprocessing identical to training, through nnU-Net's own classes, and its exact inverse.
 
-Forward (nnU-Net `DefaultPreprocessor.run_case_npy`): transpose, crop to the nonzero region, z-score
-each modality over the brain mask, resample to the training spacing. Backward (nnU-Net's
-`resampling_fn_probabilities` and `LabelManager.revert_cropping_on_probabilities`): resample the
-region probabilities to the cropped input grid, put them back into the full volume, transpose back.
+Forward (nnU-Net `DefaultPreprocessor.run_case_npy`, run on the nonzero bounding box with the same
+result as on the whole volume): transpose, crop to the nonzero region, z-score each modality over
+the brain mask, resample to the training spacing. Backward (nnU-Net's `resampling_fn_probabilities`
+and `LabelManager.revert_cropping_on_probabilities`): resample the region probabilities to the
+cropped input grid, put them back into the full volume, transpose back; label maps and masks made
+on the cropped grid go back with `uncrop`.
 A package trained with nnU-Net carries its plans.json/dataset.json; for other packages equivalent
 plans are built in memory from model.json so the same code runs.
 """
@@ -146,9 +148,13 @@ def preprocess(
     box = nonzero_box(channels, margin=0 if _normalisation_ignores_layout(cm) else 1)
     if box is None:  # nothing nonzero: nnU-Net keeps the whole volume
         box = tuple(slice(0, n) for n in full_shape)
-    sub = np.empty((len(channels), *(b.stop - b.start for b in box)), dtype=np.float32)
-    for i, c in enumerate(channels):
-        sub[i] = np.asarray(c)[box]  # the float32 cast of BraTSCase.array, only inside the box
+    channels = [np.asarray(c)[box] for c in channels]
+    if len({c.dtype for c in channels}) == 1:
+        sub = np.stack(channels)  # run_case_npy casts it to float32 as BraTSCase.array would
+    else:  # cast each channel itself: a common dtype could round before the float32 cast
+        sub = np.empty((len(channels), *channels[0].shape), dtype=np.float32)
+        for i, c in enumerate(channels):
+            sub[i] = c
     props: dict[str, Any] = {"spacing": [float(s) for s in spacing_zyx]}
     out, _seg, props = DefaultPreprocessor(verbose=False).run_case_npy(sub, None, props, pm, cm, dataset_json)
     offset = [box[i].start for i in pm.transpose_forward]
