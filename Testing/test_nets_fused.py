@@ -134,6 +134,9 @@ def test_fused_network_matches_unfused_in_the_interpreter(interp, name):
     res = interp["nets"][name]
     assert res["fused"] and res["keys_same"]
     assert "FusedInstanceNorm3d" in res["classes"] and "FusedLayerNorm" in res["classes"], res["classes"]
+    expected = {"segmamba": {"FusedGSC", "FusedUnetResBlock"},
+                "umambabot": {"FusedBasicResBlock", "FusedBasicBlockD", "FusedUpsampleLayer"}}.get(name, set())
+    assert expected <= set(res["classes"]), res["classes"]
     assert res["rel"] < 1e-5, f"{name}: fused vs unfused relative difference {res['rel']:.3g}"
 
 

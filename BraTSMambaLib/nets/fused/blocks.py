@@ -1,5 +1,7 @@
-"""Inference forms of the convolution blocks our networks are built from, with every instance norm's
-following residual add and activation done in the same pass (`norm_kernels`).
+"""Inference forms of the convolution blocks our networks are built from: every instance norm's
+following residual add and activation happen in the same pass (`norm_kernels`), and a convolution's
+bias is dropped where an instance norm follows it (the norm subtracts every per-channel constant)
+or moved into that norm's shift where it feeds the residual.
 
 `fuse_norms(model)` changes module classes in place (`module.__class__ = Fused...`): each fused
 class subclasses the original and only overrides `forward`, so parameters, buffers, state-dict keys,
@@ -13,6 +15,7 @@ import os
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def _kernels():
@@ -51,8 +54,41 @@ def _fusable(module) -> bool:
         return False
 
 
+def _fast(x: torch.Tensor, module: nn.Module) -> bool:
+    """Whether the kernels serve `module` on input `x`: a 5-D CUDA tensor (or the interpreter), triton
+    working, and no gradient wanted."""
+    if _kernels() is None or not (x.is_cuda or _INTERPRETED) or x.dim() != 5:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
+
+
+def _plain_conv(module: nn.Module) -> nn.Conv3d | None:
+    """The nn.Conv3d a module is (or a MONAI Convolution holds alone), if it pads with zeros."""
+    conv = module
+    if not isinstance(conv, nn.Conv3d) and isinstance(conv, nn.Sequential) and len(conv) == 1:
+        conv = conv[0]
+    if isinstance(conv, nn.Conv3d) and type(conv).forward is nn.Conv3d.forward and conv.padding_mode == "zeros":
+        return conv
+    return None
+
+
+def _conv_without_bias(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(module(x) without its bias, the bias): for a convolution an instance norm follows, whose
+    per-channel bias the norm would subtract again (or which the norm's shift can take)."""
+    conv = _plain_conv(module)
+    if conv is None:
+        return module(x), None
+    return F.conv3d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups), conv.bias
+
+
 class FusedInstanceNorm3d(nn.InstanceNorm3d):
     """nn.InstanceNorm3d whose forward also takes the residual to add and the activation to apply."""
+
+    def fused(self, x: torch.Tensor, residual: torch.Tensor | None = None, act: nn.Module | None = None,
+              extra_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The kernel path (callers have checked `_fast`): act(norm(x) + extra_bias + residual)."""
+        kind, slope = _act_of(act)
+        return _kernels().instance_norm_ndhwc(x, self.weight, self.bias, self.eps, kind, slope, residual, extra_bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, act: nn.Module | None = None
                 ) -> torch.Tensor:
@@ -89,55 +125,91 @@ def _fused_blocks() -> dict[type, type]:
     from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
     from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
 
+    from BraTSMambaLib.nets.nnunet_blocks import BasicResBlock, UpsampleLayer
     from BraTSMambaLib.nets.segmamba import GSC
+
+    def conv_norm(conv, norm, x, act=None, residual=None):
+        y, _ = _conv_without_bias(conv, x)
+        return norm.fused(y, residual=residual, act=act)
 
     class FusedUnetResBlock(UnetResBlock):
         def forward(self, inp):
-            if not (_norm(self.norm1) and _norm(self.norm2) and _fusable(self.lrelu)):
+            if not (_norm(self.norm1) and _norm(self.norm2) and _fusable(self.lrelu) and _fast(inp, self)):
                 return super().forward(inp)
-            out = self.norm1(self.conv1(inp), act=self.lrelu)
-            out = self.conv2(out)
-            residual = self.conv3(inp) if hasattr(self, "conv3") else inp
+            out = conv_norm(self.conv1, self.norm1, inp, act=self.lrelu)
+            out, _ = _conv_without_bias(self.conv2, out)
+            residual = inp
+            if hasattr(self, "conv3"):
+                residual = self.conv3(inp)
             if hasattr(self, "norm3"):
                 residual = self.norm3(residual)
-            return self.norm2(out, residual=residual, act=self.lrelu)
+            return self.norm2.fused(out, residual=residual, act=self.lrelu)
 
     class FusedUnetBasicBlock(UnetBasicBlock):
         def forward(self, inp):
-            if not (_norm(self.norm1) and _norm(self.norm2) and _fusable(self.lrelu)):
+            if not (_norm(self.norm1) and _norm(self.norm2) and _fusable(self.lrelu) and _fast(inp, self)):
                 return super().forward(inp)
-            out = self.norm1(self.conv1(inp), act=self.lrelu)
-            return self.norm2(self.conv2(out), act=self.lrelu)
+            out = conv_norm(self.conv1, self.norm1, inp, act=self.lrelu)
+            return conv_norm(self.conv2, self.norm2, out, act=self.lrelu)
 
     class FusedGSC(GSC):
         def forward(self, x):
             norms = (self.norm, self.norm2, self.norm3, self.norm4)
             acts = (self.nonliner, self.nonliner2, self.nonliner3, self.nonliner4)
-            if not (all(_norm(n) for n in norms) and all(_fusable(a) for a in acts)):
+            if not (all(_norm(n) for n in norms) and all(_fusable(a) for a in acts) and _fast(x, self)):
                 return super().forward(x)
-            x1 = self.norm(self.proj(x), act=self.nonliner)
-            x1 = self.norm2(self.proj2(x1), act=self.nonliner2)
-            x2 = self.norm3(self.proj3(x), act=self.nonliner3)
-            return self.norm4(self.proj4(x1 + x2), act=self.nonliner4) + x
+            x1 = conv_norm(self.proj, self.norm, x, act=self.nonliner)
+            x1 = conv_norm(self.proj2, self.norm2, x1, act=self.nonliner2)
+            x2 = conv_norm(self.proj3, self.norm3, x, act=self.nonliner3)
+            return conv_norm(self.proj4, self.norm4, x1 + x2, act=self.nonliner4) + x
 
     class FusedConvDropoutNormReLU(ConvDropoutNormReLU):
         def forward(self, x):
             mods = list(self.all_modules)
-            if not (len(mods) >= 2 and _norm(mods[1]) and (len(mods) == 2 or (len(mods) == 3 and _fusable(mods[2])))):
+            if not (len(mods) >= 2 and _norm(mods[1]) and (len(mods) == 2 or (len(mods) == 3 and _fusable(mods[2])))
+                    and _fast(x, self)):
                 return super().forward(x)
-            return mods[1](mods[0](x), act=mods[2] if len(mods) == 3 else None)
+            return conv_norm(mods[0], mods[1], x, act=mods[2] if len(mods) == 3 else None)
 
     class FusedBasicBlockD(BasicBlockD):
         def forward(self, x):
             tail = list(self.conv2.all_modules)
             if (self.apply_stochastic_depth or self.apply_se or len(tail) != 2 or not _norm(tail[1])
-                    or not isinstance(self.nonlin2, nn.Module) or not _fusable(self.nonlin2)):
+                    or not isinstance(self.nonlin2, nn.Module) or not _fusable(self.nonlin2) or not _fast(x, self)):
                 return super().forward(x)
             residual = self.skip(x)
-            return tail[1](tail[0](self.conv1(x)), residual=residual, act=self.nonlin2)
+            return conv_norm(tail[0], tail[1], self.conv1(x), act=self.nonlin2, residual=residual)
+
+    class FusedBasicResBlock(BasicResBlock):
+        def forward(self, x):
+            if not (_norm(self.norm1) and _norm(self.norm2) and _fusable(self.act1) and _fusable(self.act2)
+                    and _fast(x, self)):
+                return super().forward(x)
+            y = conv_norm(self.conv1, self.norm1, x, act=self.act1)
+            y, _ = _conv_without_bias(self.conv2, y)
+            residual, extra = x, None
+            if self.conv3 is not None:
+                residual, extra = _conv_without_bias(self.conv3, x)   # its bias joins the norm's shift
+            return self.norm2.fused(y, residual=residual, act=self.act2, extra_bias=extra)
+
+    class FusedUpsampleLayer(UpsampleLayer):
+        """Nearest upsampling commutes with a 1x1 convolution: convolve the 8x smaller input first."""
+
+        def forward(self, x):
+            conv = _plain_conv(self.conv)
+            if not (self.mode == "nearest" and conv is not None and all(k == 1 for k in conv.kernel_size)
+                    and all(s == 1 for s in conv.stride) and all(f == int(f) for f in self.pool_op_kernel_size)
+                    and _fast(x, self)):
+                return super().forward(x)
+            y = self.conv(x)
+            n, c, d, h, w = y.shape
+            fd, fh, fw = (int(f) for f in self.pool_op_kernel_size)
+            y = y.permute(0, 2, 3, 4, 1)[:, :, None, :, None, :, None, :].expand(n, d, fd, h, fh, w, fw, c)
+            return y.reshape(n, d * fd, h * fh, w * fw, c).permute(0, 4, 1, 2, 3)   # one copy, NDHWC memory
 
     return {UnetResBlock: FusedUnetResBlock, UnetBasicBlock: FusedUnetBasicBlock, GSC: FusedGSC,
-            ConvDropoutNormReLU: FusedConvDropoutNormReLU, BasicBlockD: FusedBasicBlockD}
+            ConvDropoutNormReLU: FusedConvDropoutNormReLU, BasicBlockD: FusedBasicBlockD,
+            BasicResBlock: FusedBasicResBlock, UpsampleLayer: FusedUpsampleLayer}
 
 
 def fuse_norms(model: nn.Module) -> nn.Module:

@@ -74,10 +74,11 @@ def _ndhwc(t: torch.Tensor) -> torch.Tensor:
 
 
 def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-                        act: str | None = None, slope: float = 0.01, residual: torch.Tensor | None = None
-                        ) -> torch.Tensor:
-    """act(instance_norm(x) * weight + bias + residual) for a 5-D CUDA tensor; the result is
-    channels_last_3d in x's dtype. Statistics in fp32 (biased variance, as nn.InstanceNorm3d)."""
+                        act: str | None = None, slope: float = 0.01, residual: torch.Tensor | None = None,
+                        extra_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """act(instance_norm(x) * weight + bias + extra_bias + residual) for a 5-D CUDA tensor; the result
+    is channels_last_3d in x's dtype. Statistics in fp32 (biased variance, as nn.InstanceNorm3d).
+    `extra_bias` (per channel) is where a residual branch's convolution bias goes."""
     n, c = x.shape[:2]
     xs = _ndhwc(x)
     s = xs.shape[1]
@@ -95,6 +96,8 @@ def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torc
     mean = piv.double() + m1
     scale = rstd if weight is None else rstd * weight.double()
     shift = -mean * scale if bias is None else bias.double() - mean * scale
+    if extra_bias is not None:
+        shift = shift + extra_bias.double()
     scale, shift = scale.float().contiguous(), shift.float().contiguous()
     y = torch.empty((n, c, *x.shape[2:]), device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
     ys = y.permute(0, 2, 3, 4, 1).view(n, -1, c)
