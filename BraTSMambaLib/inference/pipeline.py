@@ -147,8 +147,8 @@ def predict_labels(case, model: LoadedModel, options: SegmentOptions, timer: _Ti
     """Label map and regions of a loaded BraTSCase, nothing written: exactly what labelling
     `predict_case`'s probabilities gives (`postprocessing.label_map(region_masks(p))`, then
     `consistent_regions`), but thresholded and labelled on the cropped grid where the predictor
-    left the probabilities (the GPU on CUDA), so only uint8 labels and bool masks come to the host
-    and are put back into the input grid. Full-size probabilities are built only if `probabilities`.
+    left the probabilities (the GPU on CUDA), so only the uint8 label map comes to the host, where
+    the regions follow from it and both are put back into the input grid. Full-size probabilities are built only if `probabilities`.
     """
     timer = timer or _Timer(_sync_for(model.device))
     prob, props = _predict(case, model, timer, on_progress)
@@ -168,10 +168,9 @@ def labels_on_input_grid(prob, props: dict, plans: tuple, convention: str = "202
 
     pm, cm, dj = plans
     cropped = to_cropped_input_grid(prob, props, pm, cm)
-    crop_labels = P.label_map(P.region_masks(cropped), convention)
-    crop_regions = P.consistent_regions(crop_labels, convention)
-    labels = uncrop(_host(crop_labels), props, pm)
-    regions = uncrop(_host(crop_regions), props, pm)
+    crop_labels = _host(P.label_map(P.region_masks(cropped), convention))  # only uint8 labels leave the device
+    labels = uncrop(crop_labels, props, pm)
+    regions = uncrop(P.consistent_regions(crop_labels, convention), props, pm)
     full = restore(cropped, props, pm, cm, dj) if probabilities else None
     return labels, regions, full
 
