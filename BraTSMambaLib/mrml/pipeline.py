@@ -25,15 +25,12 @@ def segment_volume_nodes(scene, nodes: Mapping[str, object], model=None, device:
     for 3D views (scripts that only save files can skip it). For scripts, headless Slicer and tests;
     the Slicer module runs the CLI in a separate process instead.
     """
-    from BraTSMambaLib.inference import postprocessing as post
-    from BraTSMambaLib.inference.pipeline import LoadedModel, SegmentOptions, load_model, predict_case
+    from BraTSMambaLib.inference.pipeline import LoadedModel, SegmentOptions, load_model, predict_labels
 
     case = case_from_volume_nodes(nodes)
     options = SegmentOptions(device=device, fast=fast, labels=labels)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, options)
-    probabilities, _times = predict_case(case, loaded, options)
-    label_map = post.label_map(post.region_masks(probabilities), options.labels)
-    regions = post.consistent_regions(label_map, options.labels)
+    regions = predict_labels(case, loaded, options).regions
     return segmentation_from_prediction(scene, regions, nodes[cv.REFERENCE_MODALITY], name, target=target,
                                         show3d=show3d)
 

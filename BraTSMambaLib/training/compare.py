@@ -79,7 +79,7 @@ def test_columns(results_dir: Path, fold: Path, cases: Sequence[Path], device: s
     from BraTSMambaLib.data.case import load_case
     from BraTSMambaLib.inference.nnunet_import import import_nnunet
     from BraTSMambaLib.inference.package import open_package
-    from BraTSMambaLib.inference.pipeline import SegmentOptions, load_model, predict_case
+    from BraTSMambaLib.inference.pipeline import SegmentOptions, load_model, predict_labels
     from BraTSMambaLib.metrics.evaluate import evaluate_labels
 
     with tempfile.TemporaryDirectory(prefix="brats-compare-") as tmp:
@@ -90,10 +90,8 @@ def test_columns(results_dir: Path, fold: Path, cases: Sequence[Path], device: s
         for folder in cases:
             case = load_case(folder, require_seg=True)
             t0 = time.perf_counter()
-            prob, _ = predict_case(case, model, options)
+            labels = predict_labels(case, model, options).labels
             seconds.append(time.perf_counter() - t0)
-            prob = prob.cpu().numpy() if hasattr(prob, "cpu") else np.asarray(prob)
-            labels = C.regions_to_labels(prob > 0.5, "2021")
             spacing = tuple(reversed(case.reference.GetSpacing()))
             per_case.append(evaluate_labels(labels, case.seg_array("2021"), spacing, "2021",
                                             pred_name=f"{case.case_id} prediction", ref_name=str(case.seg_path)))
