@@ -32,11 +32,8 @@ def to_order(x: torch.Tensor, order: str, nslices: int | None = None) -> torch.T
 
 
 def from_order(y: torch.Tensor, order: str, nslices: int | None = None) -> torch.Tensor:
-    """Inverse of `to_order`: (b, C, L) in `order` -> token order."""
-    b, C, L = y.shape
+    """Inverse of `to_order`: (b, C, L) in `order` -> token order. Reversal is its own inverse, and the
+    slice interleaving with nslices slices is undone by the one with L // nslices slices."""
+    L = y.shape[-1]
     check_order(order, nslices, L)
-    if order == "forward":
-        return y
-    if order == "reverse":
-        return y.flip([-1])
-    return y.reshape(b, C, L // nslices, nslices).transpose(-1, -2).reshape(b, C, L)
+    return to_order(y, order, L // nslices if order == "slices" else nslices)
