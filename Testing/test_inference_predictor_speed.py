@@ -77,9 +77,20 @@ def test_cpu_defaults_unchanged_and_cuda_defaults():
     assert p.settings["precision"] == "fp32" and p.settings["memory_format"] == "contiguous"
     assert p.dtype is None and p.input_dtype == torch.float32 and p.compile == "off"
     assert next(p.networks[0].parameters()).dtype == torch.float32
-    assert PR.resolve_memory_format(torch.device("cuda"), "auto") == PR.CUDA_DEFAULTS["memory_format"]
+    from BraTSMambaLib.nets.fused import kernels_available
+
+    expected = PR.CUDA_DEFAULTS["memory_format"] if kernels_available() else "contiguous"
+    assert PR.resolve_memory_format(torch.device("cuda"), "auto") == expected
     assert PR.resolve_memory_format(CPU, "auto") == "contiguous"
     assert PR.autocast_dtype(CPU, "bf16") is None  # no autocast off CUDA
+
+
+def test_cuda_auto_layout_falls_back_to_ncdhw_without_the_kernels(monkeypatch):
+    from BraTSMambaLib.nets.fused import blocks
+
+    monkeypatch.setattr(blocks, "_KERNELS", None)       # as where triton does not import
+    assert PR.resolve_memory_format(torch.device("cuda"), "auto") == "contiguous"
+    assert PR.resolve_memory_format(torch.device("cuda"), "channels_last") == "channels_last"
     assert PR.cast_dtype(CPU, "bf16-cast") == torch.bfloat16
 
 

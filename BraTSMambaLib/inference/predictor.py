@@ -101,10 +101,15 @@ def cast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | N
 
 
 def resolve_memory_format(device: torch.device, memory_format: str = "auto") -> str:
-    """contiguous or channels_last; `auto` is CUDA_DEFAULTS on CUDA, contiguous elsewhere."""
+    """contiguous or channels_last; `auto` is CUDA_DEFAULTS on CUDA (contiguous where the fused-norm
+    kernels cannot run: channels_last without them is slower than NCDHW), contiguous elsewhere."""
+    from BraTSMambaLib.nets.fused import kernels_available
+
     memory_format = _check_choice("memory-format", memory_format, MEMORY_FORMATS)
     if memory_format == "auto":
-        return CUDA_DEFAULTS["memory_format"] if device.type == "cuda" else "contiguous"
+        if device.type != "cuda" or (CUDA_DEFAULTS["memory_format"] == "channels_last" and not kernels_available()):
+            return "contiguous"
+        return CUDA_DEFAULTS["memory_format"]
     return memory_format
 
 

@@ -4,7 +4,8 @@ instance norm + residual add + activation in one pass and layer norm over narrow
 (`space_to_depth`). Off CUDA, or when gradients are needed, every module runs its original code."""
 from torch import nn
 
-from BraTSMambaLib.nets.fused.blocks import FusedInstanceNorm3d, FusedLayerNorm, fuse_norms, is_fused
+from BraTSMambaLib.nets.fused.blocks import (FusedInstanceNorm3d, FusedLayerNorm, fuse_norms, is_fused,
+                                             kernels_available)
 from BraTSMambaLib.nets.fused.space_to_depth import SpaceToDepthConv3d, use_space_to_depth
 
 
@@ -14,4 +15,4 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["FusedInstanceNorm3d", "FusedLayerNorm", "SpaceToDepthConv3d", "fuse_for_inference", "fuse_norms",
-           "is_fused", "use_space_to_depth"]
+           "is_fused", "kernels_available", "use_space_to_depth"]

@@ -35,6 +35,11 @@ _KERNELS: object = False
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def kernels_available() -> bool:
+    """Whether the Triton kernels import here (triton installed and working)."""
+    return _kernels() is not None
+
+
 def _act_of(module) -> tuple[str | None, float]:
     """(kind, negative slope) of an activation module; ValueError for one the kernel does not have."""
     if module is None or isinstance(module, nn.Identity):
@@ -231,4 +236,4 @@ def is_fused(model: nn.Module) -> bool:
     return any(isinstance(m, FusedInstanceNorm3d) for m in model.modules())
 
 
-__all__: list[str] = ["FusedInstanceNorm3d", "FusedLayerNorm", "fuse_norms", "is_fused"]
+__all__: list[str] = ["FusedInstanceNorm3d", "FusedLayerNorm", "fuse_norms", "is_fused", "kernels_available"]
