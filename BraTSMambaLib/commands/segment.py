@@ -55,8 +55,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                        help="auto (CUDA: bf16 autocast), fp32, bf16/fp16 (autocast), bf16-cast/fp16-cast (weights "
                             "and inputs cast, no autocast)")
     speed.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                       help="tensor layout of the 3-D convolutions: auto (= contiguous), contiguous (NCDHW), "
-                            "channels_last (NDHWC)")
+                       help="tensor layout of the 3-D convolutions: auto (CUDA: channels_last, with instance "
+                            "norms, residual adds and activations fused into Triton passes; elsewhere contiguous), "
+                            "contiguous (NCDHW), channels_last (NDHWC)")
     speed.add_argument("--compile", choices=COMPILE_MODES, default="off",
                        help="torch.compile the network with this mode (compiling takes a while on the first "
                             "case; pays off for batches)")
