@@ -8,16 +8,12 @@ GPU tests run the kernel at SegMamba's sizes in bf16.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from triton_interp import run_in_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 KERNEL_CASES = [  # (n, c, spatial, act, residual, affine)
     (2, 5, (3, 4, 5), None, False, True),
     (1, 12, (4, 4, 4), "leaky_relu", True, False),
@@ -109,12 +105,7 @@ def _run_interpreter() -> dict:
 @pytest.fixture(scope="module")
 def interp() -> dict:
     pytest.importorskip("triton")
-    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'Testing')!r}); import test_nets_fused as t; "
-            "print('RESULTS=' + json.dumps(t._run_interpreter()))")
-    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TRITON_INTERPRET="1"), cwd=ROOT,
-                          capture_output=True, text=True, check=False, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS=")][-1][len("RESULTS="):])
+    return run_in_interpreter("test_nets_fused", "_run_interpreter")
 
 
 def test_kernel_matches_float64_in_the_interpreter(interp):

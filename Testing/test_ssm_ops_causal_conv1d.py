@@ -8,23 +8,17 @@ compiled kernels at SegMamba's shapes and the layer's two paths against each oth
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from triton_interp import run_in_interpreter
 
 from BraTSMambaLib.ssm import Mamba, TriOrientedMamba
 from BraTSMambaLib.ssm.ops import causal_conv1d_silu, causal_conv1d_silu_torch, gate_sum, gate_sum_torch
 from BraTSMambaLib.ssm.ops.dispatch import use_triton
 from BraTSMambaLib.ssm.ops.orders import from_order, to_order
 
-ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: relative error allowed against float64: one rounding of the output to the dtype (plus fp32 arithmetic)
 TOL = {"float32": 1e-5, "bfloat16": 1.2e-2, "float16": 1.5e-3}
@@ -123,13 +117,7 @@ def _run_interpreter_cases() -> dict:
 @pytest.fixture(scope="module")
 def interp_results() -> dict:
     pytest.importorskip("triton")
-    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'Testing')!r}); "
-            "import test_ssm_ops_causal_conv1d as t; print('RESULTS=' + json.dumps(t._run_interpreter_cases()))")
-    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TRITON_INTERPRET="1"), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS=")][-1]
-    return json.loads(line[len("RESULTS="):])
+    return run_in_interpreter("test_ssm_ops_causal_conv1d", "_run_interpreter_cases")
 
 
 def test_interpreter_ran_every_case(interp_results):

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from BraTSMambaLib.progress import (PROGRESS_PREFIX, STAGES, Progress, format_progress,  # noqa: F401 (re-exported)
