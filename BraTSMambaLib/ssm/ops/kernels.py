@@ -52,17 +52,23 @@ def conv_silu_seq(x_ptr, w_ptr, b_ptr, out_ptr, L, sx_b, sx_e, sw_e, sw_k, so_b,
 
 
 @triton.jit
+def _slice_tile(NS, S, NSP: tl.constexpr, BJ: tl.constexpr):
+    """This program's channel e, batch bi and (NSP, BJ) tile of slice index k x position-in-slice j
+    (grid: position blocks, channels, batch), with the mask of the tile's tokens inside the sequence."""
+    e = tl.program_id(1).to(tl.int64)
+    bi = tl.program_id(2).to(tl.int64)
+    k = tl.arange(0, NSP)[:, None]
+    j = tl.program_id(0) * BJ + tl.arange(0, BJ)[None, :]
+    return e, bi, k, j, (k < NS) & (j < S)
+
+
+@triton.jit
 def conv_silu_slices(x_ptr, w_ptr, b_ptr, out_ptr, NS, S, sx_b, sx_e, sw_e, sw_k, so_b, so_e,
                      K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, NSP: tl.constexpr,
                      BJ: tl.constexpr):
     """The causal conv of the inter-slice ordering: out[b, e, j*NS + k] from x[b, e, k'*S + j'] at the
     reordered positions j*NS + k - d, d = 0..K-1 (previous j when k < d; needs NS >= K - 1)."""
-    pid_j = tl.program_id(0)
-    e = tl.program_id(1).to(tl.int64)
-    bi = tl.program_id(2).to(tl.int64)
-    k = tl.arange(0, NSP)[:, None]
-    j = pid_j * BJ + tl.arange(0, BJ)[None, :]
-    inside = (k < NS) & (j < S)
+    e, bi, k, j, inside = _slice_tile(NS, S, NSP, BJ)
     row = x_ptr + bi * sx_b + e * sx_e
     acc = tl.zeros((NSP, BJ), tl.float32)
     if HAS_BIAS:
@@ -85,12 +91,7 @@ def gate_sum(z_ptr, f_ptr, r_ptr, s_ptr, out_ptr, NS, S,
              sz_b, sz_e, sf_b, sf_e, sr_b, sr_e, ss_b, ss_e, so_b, so_e,
              NSP: tl.constexpr, BJ: tl.constexpr):
     """out[t] = silu(z[t]) * (f[t] + r[L-1-t] + s[j*NS + k]) for token t = k*S + j, L = NS*S."""
-    pid_j = tl.program_id(0)
-    e = tl.program_id(1).to(tl.int64)
-    bi = tl.program_id(2).to(tl.int64)
-    k = tl.arange(0, NSP)[:, None]
-    j = pid_j * BJ + tl.arange(0, BJ)[None, :]
-    inside = (k < NS) & (j < S)
+    e, bi, k, j, inside = _slice_tile(NS, S, NSP, BJ)
     t = k.to(tl.int64) * S + j
     p = j.to(tl.int64) * NS + k
     L = NS * S
