@@ -180,6 +180,18 @@ def test_space_to_depth_only_rewrites_the_stem():
     assert torch.equal(stem(x), torch.nn.functional.conv3d(x, stem.weight, stem.bias, 2, 3))  # CPU: plain path
 
 
+def test_norms_with_running_statistics_keep_the_original_forward():
+    from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+
+    from BraTSMambaLib.nets.fused import fuse_norms
+    from BraTSMambaLib.nets.fused.blocks import _norm
+
+    block = ConvDropoutNormReLU(torch.nn.Conv3d, 3, 5, 3, 1, True, torch.nn.InstanceNorm3d,
+                                {"affine": True, "track_running_stats": True}, None, None, torch.nn.LeakyReLU, {})
+    fuse_norms(block)
+    assert _norm(block.norm) is None          # the fused block then runs the original code
+
+
 def test_unknown_activation_keeps_the_original_forward():
     from monai.networks.blocks.dynunet_block import UnetResBlock
 

@@ -121,7 +121,8 @@ class FusedLayerNorm(nn.LayerNorm):
 
 
 def _norm(module: nn.Module) -> FusedInstanceNorm3d | None:
-    return module if isinstance(module, FusedInstanceNorm3d) else None
+    """The module if the fused kernel can stand in for it (an instance norm without running statistics)."""
+    return module if isinstance(module, FusedInstanceNorm3d) and not module.track_running_stats else None
 
 
 def _fused_blocks() -> dict[type, type]:
