@@ -105,22 +105,8 @@ class CliJob(JobControl):
         self.process = BackgroundProcess(self.command, env=library_env(self.env_base), log_path=self.log_path)
         self.process.start()
 
-    def poll(self) -> bool:
-        """Read new output; True once the process has ended (then `error` says why it failed, if it did)."""
-        if self.done:
-            return True
-        if self.process is None:
-            raise RuntimeError("CliJob.poll() before start()")
-        self.process.poll()
-        if not self.process.finished:
-            return False
-        if self.process.cancelled:
-            self.error = "Cancelled."
-        elif self.process.returncode != 0:
-            self.error = (f"brats-mamba {self.arguments[0]} failed (exit status {self.process.returncode}).\n"
-                          + self.process.log_tail())
-        self.done = True
-        return True
+    def _failure(self, returncode: int) -> str:
+        return f"brats-mamba {self.arguments[0]} failed (exit status {returncode})."
 
 
 @dataclass

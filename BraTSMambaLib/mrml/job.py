@@ -120,29 +120,8 @@ class SegmentJob(JobControl):
     def progress(self) -> Progress:
         return self.process.progress if self.process else Progress()
 
-    def poll(self) -> bool:
-        """Read new output; when the process has ended, load the results (or record the error). True when done."""
-        if self.done:
-            return True
-        if self.process is None:
-            raise RuntimeError("SegmentJob.poll() before start()")
-        self.process.poll()
-        if not self.process.finished:
-            return False
-        try:
-            if self.process.cancelled:
-                self.error = "Cancelled."
-            elif self.process.returncode != 0:
-                self.error = (f"Segmentation failed (exit status {self.process.returncode}).\n"
-                              + self.process.log_tail())
-            else:
-                self._load_results()
-        except Exception as e:  # a result that cannot be loaded is a failure the user must see
-            self.error = f"Could not load the results: {e}\n" + self.process.log_tail()
-        finally:
-            self.done = True
-            self._cleanup()
-        return True
+    def _failure(self, returncode: int) -> str:
+        return f"Segmentation failed (exit status {returncode})."
 
     @property
     def output_dir(self) -> Path | None:

@@ -209,8 +209,39 @@ class JobControl:
     """Cancel / abort / wait for a job that runs a `BackgroundProcess` and is advanced by `poll()`.
 
     Shared by the segmentation job and the training-module jobs; a subclass provides `process`,
-    `done`, `cancelled`, `error`, `poll()` and, if it owns temporary files, `_cleanup()`.
+    `done`, `cancelled`, `error`, `_failure(returncode)` and, where it has them, `_load_results()`
+    (results to read once the process succeeded) and `_cleanup()` (temporary files).
     """
+
+    def poll(self) -> bool:
+        """Read new output; when the process has ended, load the results (or record the error). True when done."""
+        if self.done:
+            return True
+        if self.process is None:
+            raise RuntimeError(f"{type(self).__name__}.poll() before start()")
+        self.process.poll()
+        if not self.process.finished:
+            return False
+        try:
+            if self.process.cancelled:
+                self.error = "Cancelled."
+            elif self.process.returncode != 0:
+                self.error = f"{self._failure(self.process.returncode)}\n" + self.process.log_tail()
+            else:
+                self._load_results()
+        except Exception as e:  # a result that cannot be loaded is a failure the user must see
+            self.error = f"Could not load the results: {e}\n" + self.process.log_tail()
+        finally:
+            self.done = True
+            self._cleanup()
+        return True
+
+    def _failure(self, returncode: int) -> str:
+        """First line of the error when the process exited with `returncode`."""
+        return f"The job failed (exit status {returncode})."
+
+    def _load_results(self) -> None:
+        """Read what the process produced (nothing by default)."""
 
     def cancel(self) -> None:
         """Kill the CLI and every process it started (data-loader workers, DDP ranks); the scene is untouched."""
