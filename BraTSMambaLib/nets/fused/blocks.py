@@ -97,11 +97,8 @@ class FusedInstanceNorm3d(nn.InstanceNorm3d):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, act: nn.Module | None = None
                 ) -> torch.Tensor:
-        kind, slope = _act_of(act)
-        k = _kernels()
-        if (k is not None and (x.is_cuda or _INTERPRETED) and x.dim() == 5 and not self.track_running_stats
-                and not (torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None and self.weight.requires_grad)))):
-            return k.instance_norm_ndhwc(x, self.weight, self.bias, self.eps, kind, slope, residual)
+        if _norm(self) and _fast(x, self):
+            return self.fused(x, residual=residual, act=act)
         y = super().forward(x)
         if residual is not None:
             y = y + residual
