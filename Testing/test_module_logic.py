@@ -147,16 +147,7 @@ def test_constraints_pin_the_installed_builds_and_the_install_call_fits_this_sli
     assert deps.pip_call(["tqdm>=4"], None)[1] == (["tqdm>=4"],)
 
 
-BLOCKER = """
-import importlib.abc, sys
-BLOCK = {"torch", "monai", "nnunetv2", "nibabel", "nilearn", "safetensors", "slicerio", "tqdm", "matplotlib"}
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in BLOCK:
-            raise ImportError(f"{name} is not shipped with Slicer")
-sys.meta_path.insert(0, Block())
-sys.path[:0] = [%r, %r]
-import json
+PRE_INSTALL = """
 from BraTSMambaUtils import choices, dependencies
 from BraTSMambaLib import mrml
 from BraTSMambaLib.mrml import job
@@ -171,7 +162,9 @@ print(json.dumps(out))
 def test_pre_install_code_paths_need_only_what_slicer_ships():
     """Opening the module (choices, input guessing, the job class, the dependency check) must work before
     torch, nnU-Net, nibabel... are installed; a child Python with those imports blocked runs them."""
-    run = subprocess.run([sys.executable, "-c", BLOCKER % (str(MODULE), str(ROOT))],
+    from slicer_python import without_extension_packages
+
+    run = subprocess.run([sys.executable, "-c", without_extension_packages(str(MODULE), str(ROOT)) + PRE_INSTALL],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])

@@ -213,15 +213,7 @@ def test_status_columns_match_the_status_fields():
     assert numeric == {k for k, _ in STATUS_COLUMNS}
 
 
-BLOCKER = """
-import importlib.abc, json, sys
-BLOCK = {"torch", "monai", "nnunetv2", "nibabel", "nilearn", "safetensors", "slicerio", "tqdm", "matplotlib", "scipy"}
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in BLOCK:
-            raise ImportError(f"{name} is not shipped with Slicer")
-sys.meta_path.insert(0, Block())
-sys.path[:0] = [%r, %r]
+LIVE_VIEW = """
 import slicer
 from BraTSMambaLib.mrml import cli_job, training_view
 try:
@@ -242,7 +234,9 @@ def test_live_view_works_before_the_packages_are_installed():
     import subprocess
     import sys
 
-    code = BLOCKER % (str(ROOT / "BraTSMamba"), str(ROOT), str(DEMO_STATUS.parent))
+    from slicer_python import without_extension_packages
+
+    code = without_extension_packages(str(ROOT / "BraTSMamba"), str(ROOT)) + LIVE_VIEW % str(DEMO_STATUS.parent)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
