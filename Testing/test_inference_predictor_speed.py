@@ -49,7 +49,8 @@ def test_channels_last_gives_the_default_prediction(name, shape):
 def test_bf16_cast_is_close_to_fp32(name, shape):
     data = volume(shape)
     ref = predict(name, data)
-    for settings in ({"precision": "bf16-cast"}, {"precision": "bf16-cast", "memory_format": "channels_last"}):
+    for settings in ({"precision": "bf16-cast"}, {"precision": "bf16-cast", "memory_format": "channels_last"},
+                     {"precision": "bf16"}):
         out = predict(name, data, **settings)
         assert out.dtype == torch.float32 and out.shape == ref.shape
         diff = (out - ref).abs()
@@ -82,7 +83,36 @@ def test_cpu_defaults_unchanged_and_cuda_defaults():
     expected = PR.CUDA_DEFAULTS["memory_format"] if kernels_available() else "contiguous"
     assert PR.resolve_memory_format(torch.device("cuda"), "auto") == expected
     assert PR.resolve_memory_format(CPU, "auto") == "contiguous"
-    assert PR.autocast_dtype(CPU, "bf16") is None  # no autocast off CUDA
+    assert PR.autocast_dtype(CPU, "auto") is None and PR.autocast_dtype(CPU, "bf16") == torch.bfloat16
+    assert PR.autocast_dtype(torch.device("mps"), "bf16") is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_on_cpu_takes_bf16_only_where_the_cpu_has_it(monkeypatch, native):
+    monkeypatch.setattr(PR, "cpu_has_native_bf16", lambda: native)
+    assert PR.resolve_precision(CPU, "auto", fast=True) == ("bf16" if native else "fp32")
+    assert PR.resolve_precision(CPU, "auto") == "fp32"               # the full-quality default stays fp32
+    assert PR.resolve_precision(CPU, "fp32", fast=True) == "fp32"    # an explicit choice wins
+    assert PR.resolve_precision(torch.device("mps"), "auto", fast=True) == "fp32"
+    assert PR.resolve_precision(torch.device("cuda"), "auto", fast=True) == PR.CUDA_DEFAULTS["precision"] or (
+        not torch.cuda.is_available())
+
+
+def test_fast_segment_options_reach_the_predictor(monkeypatch):
+    from BraTSMambaLib.inference.package import open_package
+    from BraTSMambaLib.inference.pipeline import SegmentOptions, load_model
+
+    monkeypatch.setattr(PR, "cpu_has_native_bf16", lambda: True)
+    demo = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "demo"
+    model = load_model(open_package(demo), SegmentOptions(device="cpu", fast=True))
+    assert model.predictor.settings["precision"] == "bf16" and model.predictor.dtype == torch.bfloat16
+    model = load_model(open_package(demo), SegmentOptions(device="cpu"))
+    assert model.predictor.settings["precision"] == "fp32" and model.predictor.dtype is None
+
+
+def test_fp16_autocast_refused_off_cuda():
+    with pytest.raises(BraTSInputError, match="fp16.*CUDA"):
+        PR.SlidingWindowPredictor([tiny("umambabot")], (8, 8, 8), CPU, tta=1, precision="fp16")
 
 
 def test_cuda_auto_layout_falls_back_to_ncdhw_without_the_kernels(monkeypatch):

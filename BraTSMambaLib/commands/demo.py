@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     shape = {"shape_xyz": tuple(args.shape)} if args.shape else {}
     case_path = write_phantom(case_dir, seed=args.seed, overwrite=args.overwrite, **shape)
     model = load_model(pkg, options)
-    print(f"demo model {pkg.describe()} on {model.device} (loaded and verified in {model.load_seconds:.1f} s)")
+    print(f"demo model {pkg.describe()} on {model.device} ({model.predictor.precision}; loaded and verified in "
+          f"{model.load_seconds:.1f} s)")
     model.predictor.progress = True
     result = segment_case(case_path, model, out, options)
     print_case(result.report)

@@ -43,17 +43,19 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="catalogue name, model package (folder or .zip) or nnU-Net results folder (default: demo)")
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--fast", action="store_true",
-                   help="no test-time augmentation and overlap 0.25: several times faster, slightly less accurate")
+                   help="no test-time augmentation and overlap 0.25, and bf16 on a CPU with native bf16 "
+                        "(AVX512-BF16 or AMX): several times faster, slightly less accurate")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--tta", type=int, default=None, help="mirror test-time augmentation: 1 (off) to 8 flips (default 8)")
     p.add_argument("--tiles-per-forward", type=int, default=None,
                    help="network inputs per forward pass (tiles x flips; default 8 on CUDA)")
     from BraTSMambaLib.inference.predictor import COMPILE_MODES, COMPILE_SCOPES, MEMORY_FORMATS, PRECISIONS
 
-    speed = p.add_argument_group("speed (CUDA; on CPU and MPS the network always runs in fp32, contiguous, eager)")
+    speed = p.add_argument_group("speed (CUDA; on CPU only --precision applies; MPS runs fp32, contiguous, eager)")
     speed.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto (CUDA: bf16 autocast), fp32, bf16/fp16 (autocast), bf16-cast/fp16-cast (weights "
-                            "and inputs cast, no autocast)")
+                       help="auto (CUDA: bf16 autocast; CPU: fp32, or bf16 with --fast where the CPU has native "
+                            "bf16), fp32, bf16 (autocast, CUDA or CPU), fp16 (autocast, CUDA only), "
+                            "bf16-cast/fp16-cast (weights and inputs cast, no autocast)")
     speed.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                        help="tensor layout of the 3-D convolutions: auto (CUDA: channels_last, with instance "
                             "norms, residual adds and activations fused into Triton passes; elsewhere contiguous), "
@@ -139,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
     if report:
         report("load", stage_fraction("load"), f"loading model {args.model or 'demo'}")
     model = load_model(args.model, options)
-    print(f"model {model.package.describe()} on {model.device}, overlap {model.predictor.overlap}, "
-          f"{len(model.predictor.flips)} flip(s), loaded in {model.load_seconds:.1f} s", file=log)
+    print(f"model {model.package.describe()} on {model.device} ({model.predictor.precision}), overlap "
+          f"{model.predictor.overlap}, {len(model.predictor.flips)} flip(s), loaded in {model.load_seconds:.1f} s",
+          file=log)
     if not args.batch:
         model.predictor.progress = bars
         result = segment_case(source, model, out, options, on_progress=report)

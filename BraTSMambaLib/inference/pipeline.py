@@ -19,7 +19,7 @@ from BraTSMambaLib.errors import BraTSInputError
 from BraTSMambaLib.inference import outputs as O
 from BraTSMambaLib.inference import postprocessing as P
 from BraTSMambaLib.inference.package import ModelPackage
-from BraTSMambaLib.inference.predictor import SlidingWindowPredictor, resolve_device
+from BraTSMambaLib.inference.predictor import SlidingWindowPredictor, resolve_device, resolve_precision
 from BraTSMambaLib.progress import ProgressCallback, stage_fraction, within
 
 FAST_OVERLAP = 0.25
@@ -85,9 +85,10 @@ def load_model(model: str | os.PathLike | ModelPackage | None, options: SegmentO
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     nets = pkg.build_networks(device)
+    precision = resolve_precision(device, options.precision, fast=options.fast)
     predictor = SlidingWindowPredictor(
         nets, pkg.patch_size, device, overlap=options.effective_overlap, tta=options.effective_tta,
-        mirror_axes=pkg.mirror_axes, tiles_per_forward=options.tiles_per_forward, precision=options.precision,
+        mirror_axes=pkg.mirror_axes, tiles_per_forward=options.tiles_per_forward, precision=precision,
         memory_format=options.memory_format, compile=options.compile, compile_scope=options.compile_scope)
     return LoadedModel(pkg, predictor, plans_for(pkg), time.perf_counter() - t0)
 

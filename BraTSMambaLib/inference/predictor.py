@@ -5,8 +5,10 @@ Each forward pass takes `tiles_per_forward` network inputs: tiles times their mi
 network output goes through the sigmoid, is flipped back and averaged over flips and folds, and the
 tiles are blended with a Gaussian window (sigma = 1/8 of the patch, as nnU-Net does), on the device.
 
-Speed settings (`auto` = the CUDA defaults below; on CPU and MPS always fp32, contiguous, eager):
-  precision      auto (CUDA: bf16), fp32, bf16 / fp16 (autocast), bf16-cast / fp16-cast (weights and
+Speed settings (`auto` = the CUDA defaults below; on CPU and MPS fp32, contiguous, eager, except that
+`--fast` on a CPU with native bf16 arithmetic takes bf16 autocast):
+  precision      auto (CUDA: bf16; CPU: fp32, or bf16 with `fast` where `cpu_has_native_bf16`), fp32,
+                 bf16 (autocast, CUDA or CPU), fp16 (autocast, CUDA), bf16-cast / fp16-cast (weights and
                  inputs cast, no autocast; fp32 islands stay fp32: `networks.cast_network`)
   memory_format  auto (CUDA: channels_last), contiguous (NCDHW), channels_last (NDHWC, channels_last_3d;
                  on CUDA with compile off the networks' instance norms, residual adds and activations are
@@ -74,22 +76,36 @@ def _check_choice(flag: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def resolve_precision(device: torch.device, precision: str = "auto") -> str:
-    """The concrete precision on `device`: `auto` is fp32 off CUDA and CUDA_DEFAULTS on CUDA; bf16 falls
-    back to fp16 on GPUs without bf16."""
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there oneDNN's bf16
+    convolutions run about twice as fast as fp32 ones; elsewhere bf16 is emulated and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_precision(device: torch.device, precision: str = "auto", *, fast: bool = False) -> str:
+    """The concrete precision on `device`. `auto` is CUDA_DEFAULTS on CUDA; off CUDA it is fp32, except
+    bf16 for `fast` runs on a CPU with native bf16. bf16 falls back to fp16 on GPUs without bf16; fp16
+    autocast is refused off CUDA (CPUs have no fast fp16 convolutions; bf16 is the CPU's reduced precision)."""
     precision = _check_choice("precision", precision, PRECISIONS)
     if precision == "auto":
-        precision = CUDA_DEFAULTS["precision"] if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            precision = CUDA_DEFAULTS["precision"]
+        else:
+            precision = "bf16" if fast and device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if precision.startswith("bf16") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         precision = precision.replace("bf16", "fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise BraTSInputError(f"--precision fp16: autocast to fp16 needs a CUDA device (this run is on "
+                              f"{device.type}); use bf16 or fp32")
     return precision
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA by default (fp16 where bf16 is unsupported), none (fp32) on CPU
-    and MPS, and none for the cast precisions (the weights themselves are bf16/fp16 there)."""
+    """The autocast dtype: bf16 on CUDA by default (fp16 where bf16 is unsupported) and on CPUs when
+    asked for; none (fp32) on MPS, and none for the cast precisions (the weights are bf16/fp16 there)."""
     precision = resolve_precision(device, precision)
-    if device.type != "cuda" or precision in ("fp32", "bf16-cast", "fp16-cast"):
+    if device.type not in ("cuda", "cpu") or precision in ("fp32", "bf16-cast", "fp16-cast"):
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
