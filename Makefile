@@ -9,6 +9,8 @@ STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1024)}'); [ "$$free" -ge 8500 ] || \
+	  echo "warning: $$free MB free here; the install needs about 8 GB (PyTorch and its CUDA libraries)" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, so the resolver keeps this CPU-capable build instead of fetching another
