@@ -89,10 +89,15 @@ def _layout(tmp: Path) -> Path:
     dest = tmp / "qt-scripted-modules"
     glob = re.search(r"GLOB_RECURSE BRATSMAMBALIB_SCRIPTS RELATIVE \S+\s+\S+/(BraTSMambaLib)/\*\.py", text)
     assert glob
-    for py in (ROOT / glob.group(1)).rglob("*.py"):
-        target = dest / py.relative_to(ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(py, target)
+    resources = re.search(r"GLOB_RECURSE BRATSMAMBALIB_RESOURCES RELATIVE \S+((?:\s+\S+/BraTSMambaLib/\*\.\w+)+)\)", text)
+    assert resources
+    patterns = ["*.py"] + [p.rsplit("/", 1)[1] for p in resources.group(1).split()]
+    assert "*.c" in patterns                          # the C scan kernel travels with the library
+    for pattern in patterns:
+        for f in (ROOT / glob.group(1)).rglob(pattern):
+            target = dest / f.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
     for src, target in re.findall(r"configure_file\((\S+) (\S+) COPYONLY\)", text):
         out = dest / target.replace(SCRIPTED + "/", "")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,7 @@ print(json.dumps({
     "train_lib": [importlib.import_module(m).__file__ for m in (
         "BraTSMambaLib.mrml.review", "BraTSMambaLib.mrml.cli_job", "BraTSMambaLib.mrml.training_view",
         "BraTSMambaLib.data.review_log")],
+    "c_source": str(importlib.import_module("BraTSMambaLib.ssm.backends.c_scan").SOURCE),
 }))
 """
 
@@ -148,3 +154,4 @@ def test_module_helpers_work_from_the_built_extension_folder(tmp_path):
     assert out["choices"][0] == "<demo>" and out["python"] is None and out["requirements"]
     assert out["ui"] and out["train"]
     assert all(f.startswith(str(dest)) for f in out["train_lib"]), out["train_lib"]
+    assert out["c_source"].startswith(str(dest)) and Path(out["c_source"]).is_file()

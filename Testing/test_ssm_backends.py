@@ -17,9 +17,21 @@ def _args(L=8):
             torch.randn(1, 2, L, generator=g), torch.randn(1, 2, L, generator=g))
 
 
-def test_auto_on_cpu_is_torch(monkeypatch):
+def test_auto_on_cpu_is_c_where_it_builds_else_torch(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    expected = "c" if backend_status("c", "cpu")[0] else "torch"
+    assert resolve_backend("auto", "cpu") == expected
+    assert resolve_backend("auto", "cpu", needs_grad=True) == "torch"   # c is forward-only
+
+
+def test_auto_falls_back_to_torch_when_the_c_kernel_cannot_build(monkeypatch):
+    from BraTSMambaLib.ssm.backends import c_scan
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(c_scan, "_library", lambda: (None, "no C compiler found (install gcc or clang, or set CC)"))
     assert resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(BackendUnavailableError, match="'c' is unavailable on cpu: .*no C compiler"):
+        selective_scan(*_args(), backend="c")
 
 
 def test_import_does_not_load_mamba_ssm_or_triton():
@@ -47,7 +59,7 @@ def test_env_var_unknown_name_raises(monkeypatch):
 
 
 def test_unknown_argument_raises():
-    with pytest.raises(BackendUnavailableError, match="choose one of auto, mamba_ssm, triton, torch, reference"):
+    with pytest.raises(BackendUnavailableError, match="choose one of auto, mamba_ssm, triton, c, torch, reference"):
         selective_scan(*_args(), backend="fast")
 
 

@@ -12,8 +12,9 @@ def test_doctor_json(capsys, monkeypatch):
     rep = json.loads(capsys.readouterr().out)
     cpu = rep["devices"][0]
     assert cpu["device"] == "cpu" and cpu["torch_threads"] >= 1
-    assert set(cpu["backends"]) == {"mamba_ssm", "triton", "torch", "reference"}
-    assert cpu["backends"]["torch"]["available"] and cpu["auto"] == "torch"
+    assert set(cpu["backends"]) == {"mamba_ssm", "triton", "c", "torch", "reference"}
+    assert cpu["backends"]["torch"]["available"]
+    assert cpu["auto"] == ("c" if cpu["backends"]["c"]["available"] else "torch")
     assert not cpu["backends"]["mamba_ssm"]["available"] and cpu["backends"]["mamba_ssm"]["detail"]
     assert rep["versions"]["torch"] and "mamba_ssm" in rep["versions"]
 

@@ -8,7 +8,7 @@
 Shapes (E, L), N = 16: stage 0 (96, 64^3), 1 (192, 32^3), 2 (384, 16^3), 3 (768, 8^3); inputs as a Mamba layer
 passes them (z, D, delta_bias from mamba's dt initialisation, delta_softplus, A = -(1..N)).
 
-Rows: every backend of `BraTSMambaLib.ssm` available on the device (mamba_ssm, triton, torch, reference) plus
+Rows: every backend of `BraTSMambaLib.ssm` available on the device (mamba_ssm, triton, c, torch, reference) plus
 PyPI `mambapy`'s Blelloch parallel scan (`pscan`) when installed; other candidates can be added with
 `register(name, fn)`. Each row gives forward and forward+backward time (median of --repeats after one
 warm-up), peak extra memory, and the speed ratio to the baseline measured in the same run (mamba_ssm on
@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from BraTSMambaLib.ssm import BACKENDS, backend_status, selective_scan  # noqa: E402
+from BraTSMambaLib.ssm.selective_scan import forward_only  # noqa: E402
 
 N = 16
 STAGES: tuple[tuple[int, int], ...] = ((96, 64 ** 3), (192, 32 ** 3), (384, 16 ** 3), (768, 8 ** 3))
@@ -58,6 +59,8 @@ class Candidate:
     in_process: bool = False
     #: environment variables set while this candidate is measured (forward and backward)
     env: dict | None = None
+    #: no backward pass (the C backend): its forward+backward columns stay empty
+    forward_only: bool = False
 
 
 @dataclass
@@ -141,7 +144,7 @@ def candidates(device: torch.device, names: list[str] | None, include_reference:
                 print(f"# {name}: unavailable on {device}: {why}")
             continue
         cap = 96 * 4096 * N if name == "reference" else None
-        out.append(Candidate(name, _ours(name), cap))
+        out.append(Candidate(name, _ours(name), cap, forward_only=forward_only(name)))
     mp = _mambapy()
     if mp is not None and (not names or "mambapy" in names):
         cap = 2 ** 27 if device.type == "cpu" else 2 ** 29
@@ -261,7 +264,7 @@ def _bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torc
         ms, cms, mb = _measure(fwd, device, repeats)
         row.fwd_ms, row.fwd_peak_mb = ms * scale, mb * scale
         row.fwd_cpu_ms = cms * scale if cms is not None else None
-        if backward:
+        if backward and not cand.forward_only:
             leaves = {k: (v.detach().requires_grad_() if v.is_floating_point() else v) for k, v in t.items()}
             gy = torch.randn(b, E, L_run, device=device, dtype=dtype)
 

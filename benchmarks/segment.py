@@ -211,6 +211,14 @@ def config_from_variant(variant: str, batch: int) -> dict:
     return cfg
 
 
+def scan_backend(device: str) -> str:
+    """The scan backend the networks will use on `device` (what auto resolves to, or the forced one)."""
+    from BraTSMambaLib.inference.predictor import resolve_device
+    from BraTSMambaLib.ssm import resolve_backend
+
+    return resolve_backend("auto", resolve_device(device))
+
+
 def best_configs(path: str, name: str) -> list[dict]:
     """The fastest forward_gpu.py variant of network `name` in its JSON (rows without errors), as settings."""
     try:
@@ -298,7 +306,7 @@ def main(argv=None) -> int:
     configs = [{**base, **c} for c in (args.configs or [{}])]
     results = {"input": source, "shape_xyz": list(case.reference.GetSize()), "tta": args.tta,
                "overlap": args.overlap, "patch": list(args.patch), "torch": torch.__version__,
-               "scan_backend": os.environ.get("BRATSMAMBA_SCAN_BACKEND", "auto"),
+               "scan_backend": scan_backend(args.device),
                "host": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores",
                "models": {}}
     for name in args.models:
@@ -313,7 +321,8 @@ def main(argv=None) -> int:
             if key({**base, **cfg}) not in [key(c) for c in mine]:
                 mine.append({**base, **cfg})
         for cfg in mine:
-            opts = SegmentOptions(device=args.device, tta=args.tta, overlap=args.overlap, overwrite=True, **cfg)
+            opts = SegmentOptions(device=args.device, fast=args.fast, tta=args.tta, overlap=args.overlap, overwrite=True,
+                                  **cfg)
             try:
                 model = load_model(pkg, opts)
                 dev = str(model.device) + (f" ({torch.cuda.get_device_name(model.device)})"

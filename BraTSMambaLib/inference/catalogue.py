@@ -1,21 +1,21 @@
-"""The model catalogue (Resources/models.json), the per-user cache, verified resumable downloads, and
+"""The model catalogue (Resources/models.json), verified resumable downloads into the per-user cache, and
 `resolve_model`: what `--model` names (catalogue name, package folder/zip, nnU-Net results folder).
 
 Downloads go to `<cache>/downloads/<sha256>.zip`: data land in a `.part` file that a later attempt
 continues with an HTTP Range request; the file is renamed into place only when its size and sha256
-match the catalogue. The cache is `$BRATSMAMBA_CACHE`, else the platform's user cache folder.
+match the catalogue. The cache is `BraTSMambaLib.cache.cache_dir()`.
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from BraTSMambaLib.cache import cache_dir
 from BraTSMambaLib.errors import ModelPackageError
 
 CATALOGUE_FILE = "models.json"
@@ -30,20 +30,6 @@ def resources_dir() -> Path:
     import BraTSMambaLib
 
     return Path(BraTSMambaLib.__file__).resolve().parents[1] / "Resources"
-
-
-def cache_dir() -> Path:
-    """Per-user cache: $BRATSMAMBA_CACHE, else ~/Library/Caches, %LOCALAPPDATA% or $XDG_CACHE_HOME/~/.cache."""
-    env = os.environ.get("BRATSMAMBA_CACHE")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    elif os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "brats-mamba"
 
 
 @dataclass(frozen=True)

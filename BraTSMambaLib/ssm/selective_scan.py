@@ -1,7 +1,8 @@
-"""`selective_scan`: mamba_ssm's `selective_scan_fn` with a choice of backend (mamba_ssm, triton, torch,
-reference). `auto` takes the fastest one available for the tensors' device; the `backend` argument or the
-environment variable BRATSMAMBA_SCAN_BACKEND forces one, and a forced backend that cannot run raises
-`BackendUnavailableError` with the reason: there is never a silent fallback.
+"""`selective_scan`: mamba_ssm's `selective_scan_fn` with a choice of backend (mamba_ssm, triton, c, torch,
+reference). `auto` takes the fastest one available for the tensors' device (skipping forward-only backends
+when autograd records the scan); the `backend` argument or the environment variable
+BRATSMAMBA_SCAN_BACKEND forces one, and a forced backend that cannot run raises `BackendUnavailableError`
+with the reason: there is never a silent fallback.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from BraTSMambaLib.ssm.backends import MODULES, load
 ENV_VAR = "BRATSMAMBA_SCAN_BACKEND"
 BACKENDS: tuple[str, ...] = tuple(MODULES)
 #: Preference order for `auto`, per device type; the first available wins.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_ssm", "triton", "torch")}
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_ssm", "triton", "torch"), "cpu": ("c", "torch")}
 AUTO_DEFAULT: tuple[str, ...] = ("torch",)
 
 
@@ -44,13 +45,23 @@ def requested_backend(backend: str | None = "auto") -> str:
     return name
 
 
-def resolve_backend(backend: str | None, device: torch.device | str) -> str:
-    """Name of the backend that will run on `device`; raises BackendUnavailableError when it cannot."""
+def forward_only(name: str) -> bool:
+    """True for a backend without a backward pass (it serves inference only)."""
+    mod, _ = load(name)
+    return bool(getattr(mod, "FORWARD_ONLY", False))
+
+
+def resolve_backend(backend: str | None, device: torch.device | str, *, needs_grad: bool = False) -> str:
+    """Name of the backend that will run on `device` (one with a backward pass if `needs_grad`); raises
+    BackendUnavailableError when it cannot."""
     device = torch.device(device)
     name = requested_backend(backend)
     if name == "auto":
         reasons = []
         for cand in AUTO_ORDER.get(device.type, AUTO_DEFAULT):
+            if needs_grad and forward_only(cand):
+                reasons.append(f"{cand}: forward only")
+                continue
             ok, why = backend_status(cand, device)
             if ok:
                 return cand
@@ -59,6 +70,9 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     ok, why = backend_status(name, device)
     if not ok:
         raise BackendUnavailableError(f"scan backend {name!r} is unavailable on {device}: {why}")
+    if needs_grad and forward_only(name):
+        raise BackendUnavailableError(f"scan backend {name!r} is forward-only (inference); this scan needs "
+                                      "gradients: use auto or torch")
     return name
 
 
@@ -98,7 +112,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns y in u's dtype, and (y, last_state (batch, E, N) float32) if return_last_state.
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    name = resolve_backend(backend, u.device, needs_grad=needs_grad)
     mod, _ = load(name)
     return mod.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                               delta_softplus=delta_softplus, return_last_state=return_last_state)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-#: Backend name -> module, in the order `auto` prefers them on CUDA.
+#: Backend name -> module, fastest first (`selective_scan.AUTO_ORDER` gives the order per device).
 MODULES: dict[str, str] = {
     "mamba_ssm": "BraTSMambaLib.ssm.backends.mamba_ssm_backend",
     "triton": "BraTSMambaLib.ssm.backends.triton_scan",
+    "c": "BraTSMambaLib.ssm.backends.c_scan",
     "torch": "BraTSMambaLib.ssm.backends.torch_scan",
     "reference": "BraTSMambaLib.ssm.backends.reference",
 }
