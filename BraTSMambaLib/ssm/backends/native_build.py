@@ -2,8 +2,8 @@
 
 No build step at install time and no torch headers: the system C compiler (`$CC`, else cc, gcc or clang)
 turns one self-contained C file into a shared library in `<cache>/kernels/`, named by a hash of the
-source, the compiler and its flags, so a changed source or compiler builds anew and an unchanged one is
-loaded at once. The library is written to a temporary name and renamed into place, so concurrent first
+source, the compiler, its flags and the CPU's features, so a changed source, compiler or CPU builds anew
+and an unchanged one is loaded at once. The library is written to a temporary name and renamed into place, so concurrent first
 uses never load half a file. Where no compiler works, `NativeBuildError` says why in one line and the
 callers fall back (see `c_scan.is_available`).
 """
@@ -49,12 +49,26 @@ def _compiler_id(cc: str) -> str:
     return out.splitlines()[0] if out else cc
 
 
+def _cpu_id() -> str:
+    """What -march=native compiles for: the CPU's feature flags on Linux, else the processor name. Part of
+    the cache key, so a cache folder shared by different machines (a cluster's home) never hands one
+    machine code built for another's instruction set."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("flags", "Features"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @functools.cache
 def load_library(source: Path) -> ctypes.CDLL:
     """The compiled and loaded library of `source` (built on the first call on this machine)."""
     cc = find_compiler()
     text = source.read_bytes()
-    ident = f"{_compiler_id(cc)}|{platform.machine()}|{platform.system()}".encode()
+    ident = f"{_compiler_id(cc)}|{platform.machine()}|{platform.system()}|{_cpu_id()}".encode()
     errors = []
     for flags in FLAG_SETS:
         key = hashlib.sha256(text + ident + " ".join(flags).encode()).hexdigest()[:16]
