@@ -284,7 +284,7 @@ def test_layer_gradients_unchanged_in_training(name, cls, kw, L):
 
 def test_state_dict_round_trip_is_strict():
     a = _layer(TriOrientedMamba, 5, d_model=8, nslices=4)
-    b = TriOrientedMamba(8, nslices=4)
+    b = TriOrientedMamba(8, nslices=4, scan_backend="torch")      # the same scan as `a`: outputs equal bit for bit
     b.load_state_dict(a.state_dict(), strict=True)
     h = torch.randn(1, 12, 8)
     with torch.no_grad():
