@@ -196,7 +196,7 @@ def test_compare_produces_table(nn_env, trained, tmp_path):
     for r in rows:
         assert r["epochs"] == EPOCHS and r["epoch_s_min"] <= r["epoch_s_max"]
         assert all(0.0 <= r[f"test_dice_{g}"] <= 1.0 for g in C.REGIONS)
-        assert r["test_cases"] == 1 and r["seconds_per_case"] > 0
+        assert r["test_cases"] == 1 and r["seconds_per_case"] > 0 and r["inference"] == "cpu fp32"
     md = (tmp_path / "table.md").read_text()
     assert md.count("\n|") >= 3 and "WT" in md
     csv = (tmp_path / "table.csv").read_text().splitlines()

@@ -32,7 +32,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     *((f"train_dice_{r}", f"Train Dice {r}") for r in C.REGIONS),
     *((f"test_dice_{r}", f"Test Dice {r}") for r in C.REGIONS),
     *((f"test_hd95_{r}", f"HD95 {r} (mm)") for r in C.REGIONS),
-    ("seconds_per_case", "s / case"), ("test_cases", "Test cases"),
+    ("seconds_per_case", "s / case"), ("inference", "Inference on"), ("test_cases", "Test cases"),
 )
 
 
@@ -95,7 +95,8 @@ def test_columns(results_dir: Path, fold: Path, cases: Sequence[Path], device: s
             spacing = tuple(reversed(case.reference.GetSpacing()))
             per_case.append(evaluate_labels(labels, case.seg_array("2021"), spacing, "2021",
                                             pred_name=f"{case.case_id} prediction", ref_name=str(case.seg_path)))
-    out: dict[str, Any] = {"test_cases": len(per_case), "seconds_per_case": round(float(np.mean(seconds)), 2)}
+    out: dict[str, Any] = {"test_cases": len(per_case), "seconds_per_case": round(float(np.mean(seconds)), 2),
+                           "inference": f"{model.device.type} {model.predictor.precision}"}
     for r in C.REGIONS:
         out[f"test_dice_{r}"] = _mean([m[r]["dice"] for m in per_case])
         out[f"test_hd95_{r}"] = _mean([m[r]["hd95"] for m in per_case])
