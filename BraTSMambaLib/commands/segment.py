@@ -48,7 +48,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--tta", type=int, default=None, help="mirror test-time augmentation: 1 (off) to 8 flips (default 8)")
     p.add_argument("--tiles-per-forward", type=int, default=None,
-                   help="network inputs per forward pass (tiles x flips; default 8 on CUDA)")
+                   help="network inputs per forward pass (tiles x flips; default 8 on CUDA, 1 elsewhere)")
     from BraTSMambaLib.inference.predictor import COMPILE_MODES, COMPILE_SCOPES, MEMORY_FORMATS, PRECISIONS
 
     speed = p.add_argument_group("speed (CUDA; on CPU only --precision applies; MPS runs fp32, contiguous, eager)")

@@ -164,7 +164,7 @@ class SlidingWindowPredictor:
             raise BraTSInputError(f"--overlap {self.overlap}: use a value in [0, 1)")
         self.flips = mirror_sets(self.tta, self.mirror_axes)
         if self.tiles_per_forward is None:
-            self.tiles_per_forward = 8 if self.device.type == "cuda" else max(1, len(self.flips) // 2)
+            self.tiles_per_forward = 8 if self.device.type == "cuda" else 1  # CPU: no faster batched, N x the memory
         if self.tiles_per_forward < 1:
             raise BraTSInputError(f"--tiles-per-forward {self.tiles_per_forward}: use 1 or more")
         self.precision = resolve_precision(self.device, self.precision)
