@@ -150,3 +150,25 @@ def test_a_source_that_does_not_compile_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(native_build.NativeBuildError, match="could not compile broken_kernel.c"):
         native_build.load_library(bad)
     assert not any((tmp_path / "kernels").iterdir())            # no half-written library left behind
+
+
+def test_portable_vector_path_matches_reference(tmp_path, monkeypatch):
+    """The kernel built without AVX-512 (the vector-extension path other CPUs take) gives the same results."""
+    from BraTSMambaLib.ssm.backends import native_build
+
+    monkeypatch.setenv("BRATSMAMBA_CACHE", str(tmp_path))
+    monkeypatch.setattr(native_build, "FLAG_SETS", (("-O3", "-mno-avx512f", "-fno-math-errno", "-Wno-psabi"),
+                                                    ("-O3", "-fno-math-errno", "-Wno-psabi")))
+    native_build.load_library.cache_clear()
+    try:
+        lib = c_scan.bind(native_build.load_library(c_scan.SOURCE))
+    finally:
+        native_build.load_library.cache_clear()
+    for dtype, N, tol in ((torch.float32, 16, 2e-6), (torch.float32, 5, 2e-6), (torch.bfloat16, 16, 1e-2)):
+        t = _inputs(2, 6, 45, N, 2, dtype=dtype)
+        kw = {k: v for k, v in t.items() if k not in ("u", "delta", "A", "B", "C")}
+        with torch.no_grad():
+            y, h = c_scan.selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], delta_softplus=True,
+                                         return_last_state=True, lib=lib, **kw)
+        y_ref, h_ref = _scan("reference", t)
+        assert _rel(y, y_ref) < tol and _rel(h, h_ref) < 2e-6, (dtype, N)

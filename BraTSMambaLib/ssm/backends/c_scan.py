@@ -35,14 +35,18 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     from BraTSMambaLib.ssm.backends.native_build import NativeBuildError, load_library
 
     try:
-        lib = load_library(SOURCE)
+        return bind(load_library(SOURCE)), ""
     except (NativeBuildError, OSError) as e:
         return None, str(e)
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernel's C signature on a loaded build of `SOURCE`."""
     fn = lib.selective_scan_fwd_rows
     fn.restype = ctypes.c_int
     P, I = ctypes.c_void_p, ctypes.c_int
     fn.argtypes = [P, P, P, P, I, P, P, P, P, P, I, P] + [ctypes.c_int64] * 6
-    return lib, ""
+    return lib
 
 
 def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
@@ -65,14 +69,16 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
-    """mamba_ssm's `selective_scan_fn` forward on the CPU (shapes and semantics: `ssm.selective_scan`)."""
+                   return_last_state=False, *, lib: ctypes.CDLL | None = None):
+    """mamba_ssm's `selective_scan_fn` forward on the CPU (shapes and semantics: `ssm.selective_scan`);
+    `lib` is another build of the kernel (`bind`), for tests of its portable path."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (u, delta, A, B, C, D, z, delta_bias)):
         raise BackendUnavailableError("scan backend 'c' is forward-only: use 'torch' (or auto) when training")
-    lib, why = _library()
     if lib is None:
-        raise BackendUnavailableError(f"scan backend 'c' is unavailable: {why}")
+        lib, why = _library()
+        if lib is None:
+            raise BackendUnavailableError(f"scan backend 'c' is unavailable: {why}")
     b, E, L = u.shape
     N = A.shape[1]
     if N > MAX_STATES:
