@@ -12,6 +12,7 @@ import torch
 
 from BraTSMambaLib.errors import BackendUnavailableError
 from BraTSMambaLib.ssm.backends import MODULES, load
+from BraTSMambaLib.ssm.ops.dispatch import records_grad
 
 ENV_VAR = "BRATSMAMBA_SCAN_BACKEND"
 BACKENDS: tuple[str, ...] = tuple(MODULES)
@@ -112,9 +113,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns y in u's dtype, and (y, last_state (batch, E, N) float32) if return_last_state.
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    name = resolve_backend(backend, u.device, needs_grad=needs_grad)
+    name = resolve_backend(backend, u.device, needs_grad=records_grad(u, delta, A, B, C, D, z, delta_bias))
     mod, _ = load(name)
     return mod.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                               delta_softplus=delta_softplus, return_last_state=return_last_state)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from BraTSMambaLib.errors import BackendUnavailableError
+from BraTSMambaLib.ssm.ops.dispatch import records_grad
 
 NAME = "c"
 FORWARD_ONLY = True
@@ -72,8 +73,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False, *, lib: ctypes.CDLL | None = None):
     """mamba_ssm's `selective_scan_fn` forward on the CPU (shapes and semantics: `ssm.selective_scan`);
     `lib` is another build of the kernel (`bind`), for tests of its portable path."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (u, delta, A, B, C, D, z, delta_bias)):
+    if records_grad(u, delta, A, B, C, D, z, delta_bias):
         raise BackendUnavailableError("scan backend 'c' is forward-only: use 'torch' (or auto) when training")
     if lib is None:
         lib, why = _library()

@@ -9,6 +9,7 @@ callers fall back (see `c_scan.is_available`).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -53,14 +54,11 @@ def _cpu_id() -> str:
     """What -march=native compiles for: the CPU's feature flags on Linux, else the processor name. Part of
     the cache key, so a cache folder shared by different machines (a cluster's home) never hands one
     machine code built for another's instruction set."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.split(":")[0].strip() in ("flags", "Features"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.split(":")[0].strip() in ("flags", "Features"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()   # no /proc/cpuinfo (macOS, Windows)
 
 
 @functools.cache
