@@ -12,7 +12,7 @@ def test_doctor_json(capsys, monkeypatch):
     rep = json.loads(capsys.readouterr().out)
     cpu = rep["devices"][0]
     assert cpu["device"] == "cpu" and cpu["torch_threads"] >= 1
-    assert set(cpu["backends"]) == {"mamba_ssm", "triton", "c", "torch", "reference"}
+    assert set(cpu["backends"]) == {"mamba_ssm", "cuda", "triton", "c", "torch", "reference"}
     assert cpu["backends"]["torch"]["available"]
     assert cpu["auto"] == ("c" if cpu["backends"]["c"]["available"] else "torch")
     assert not cpu["backends"]["mamba_ssm"]["available"] and cpu["backends"]["mamba_ssm"]["detail"]

@@ -15,6 +15,7 @@ the order needs it. Times are medians over CUDA events; GB/s counts one read of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from BraTSMambaLib.ssm import TriOrientedMamba, selective_scan  # noqa: E402
 from BraTSMambaLib.ssm.ops import causal_conv1d_silu, to_order  # noqa: E402
 from BraTSMambaLib.ssm.ops.dispatch import ENV_VAR, triton_status  # noqa: E402
+from BraTSMambaLib.ssm.ops.streams import ENV_VAR as STREAMS_ENV  # noqa: E402
+from BraTSMambaLib.ssm.selective_scan import ENV_VAR as SCAN_ENV  # noqa: E402
 
 #: SegMamba's stages 0 and 1 at a 128^3 patch: (name, tokens L, d_model, nslices)
 STAGES = [("stage0", 64 ** 3, 48, 64), ("stage1", 32 ** 3, 96, 32)]
@@ -96,18 +99,19 @@ def time_ms(fn, device: torch.device, reps: int) -> tuple[float, float | None]:
     return statistics.median(times), peak
 
 
-class KernelsOff:
-    """BRATSMAMBA_LAYER_KERNELS=torch inside the block."""
-
-    def __enter__(self):
-        self.old = os.environ.get(ENV_VAR)
-        os.environ[ENV_VAR] = "torch"
-
-    def __exit__(self, *exc):
-        if self.old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = self.old
+@contextlib.contextmanager
+def env(values: dict[str, str]):
+    """The environment variables `values` inside the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def bench_stage(name: str, L: int, d: int, ns: int, args, device: torch.device) -> list[dict]:
@@ -134,7 +138,7 @@ def bench_stage(name: str, L: int, d: int, ns: int, args, device: torch.device) 
 
     with torch.inference_mode(), amp:
         ref = previous_forward(m, h).float()
-        with KernelsOff():
+        with env({ENV_VAR: "torch"}):
             off = m(h).float()
         new = m(h).float()
     for label, y in (("current, torch ops", off), ("current", new)):
@@ -143,9 +147,13 @@ def bench_stage(name: str, L: int, d: int, ns: int, args, device: torch.device) 
     del ref, off, new
 
     add("layer", "previous", lambda: previous_forward(m, h))
-    with KernelsOff():
+    with env({ENV_VAR: "torch"}):
         add("layer", "current, torch ops", lambda: m(h))
     add("layer", "current", lambda: m(h))
+    for backend in args.scan_backends:
+        for streams in ("1", "0"):
+            with env({SCAN_ENV: backend, STREAMS_ENV: streams}):
+                add("layer", f"current, {backend} scan, streams {'on' if streams == '1' else 'off'}", lambda: m(h))
 
     E = m.d_inner
     xz = torch.randn(args.batch, 2 * E, L, device=device, dtype=dtype)
@@ -167,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="torch device (default cuda; cpu for a dry run)")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward (default 8)")
     p.add_argument("--stages", default="0,1", help="comma-separated stage indices (default 0,1)")
-    p.add_argument("--backend", default="auto", help="scan backend: auto, mamba_ssm, triton, torch")
+    p.add_argument("--backend", default="auto", help="scan backend: auto, cuda, mamba_ssm, triton, torch")
+    p.add_argument("--scan-backends", nargs="*", default=[], metavar="NAME",
+                   help="extra layer rows: the current layer with each of these scan backends, with the three "
+                        "scans on side streams and without (BRATSMAMBA_LAYER_STREAMS)")
     p.add_argument("--precision", choices=("autocast", "cast"), default="autocast",
                    help="bf16 autocast over fp32 weights (the predictor's default) or bf16-cast weights")
     p.add_argument("--reps", type=int, default=10, help="timed calls per row (default 10)")

@@ -22,6 +22,7 @@ speed settings (precision, memory format, torch.compile, tiles per forward) agai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -123,17 +124,19 @@ def compare_sliding_window(name: str, patch: tuple[int, int, int], size: int, ov
 
 
 def parse_config(text: str) -> dict:
-    """'PRECISION[:MEMORY_FORMAT[:COMPILE[:TILES_PER_FORWARD[:COMPILE_SCOPE]]]]' -> SegmentOptions fields
-    ('-' or empty keeps the default), e.g. bf16:channels_last, bf16-cast:channels_last:default:16."""
+    """'PRECISION[:MEMORY_FORMAT[:COMPILE[:TILES_PER_FORWARD[:COMPILE_SCOPE[:SCAN_BACKEND]]]]]' -> SegmentOptions
+    fields and the scan backend ('-' or empty keeps the default), e.g. bf16:channels_last,
+    bf16-cast:channels_last:default:16, bf16:channels_last::::triton."""
     from BraTSMambaLib.inference.predictor import COMPILE_MODES, COMPILE_SCOPES, MEMORY_FORMATS, PRECISIONS
+    from BraTSMambaLib.ssm.selective_scan import BACKENDS
 
-    parts = (text.split(":") + [""] * 5)[:5]
-    if len(text.split(":")) > 5:
-        raise argparse.ArgumentTypeError(f"--configs {text}: at most 5 fields")
+    parts = (text.split(":") + [""] * 6)[:6]
+    if len(text.split(":")) > 6:
+        raise argparse.ArgumentTypeError(f"--configs {text}: at most 6 fields")
     out = {}
     for key, value, choices in (("precision", parts[0], PRECISIONS), ("memory_format", parts[1], MEMORY_FORMATS),
                                 ("compile", parts[2], COMPILE_MODES), ("tiles_per_forward", parts[3], None),
-                                ("compile_scope", parts[4], COMPILE_SCOPES)):
+                                ("compile_scope", parts[4], COMPILE_SCOPES), ("scan_backend", parts[5], BACKENDS)):
         if value in ("", "-"):
             continue
         if choices is None:
@@ -279,10 +282,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (cuDNN autotune, kernel compiles)")
     p.add_argument("--no-stock", action="store_true", help="skip nnU-Net's stock predictor")
+    p.add_argument("--cudnn-benchmark-limit", type=int, default=None, metavar="N",
+                   help="torch.backends.cudnn.benchmark_limit: algorithms cuDNN's autotuner tries per convolution "
+                        "(PyTorch's default 10; 0 = all)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--compare-sliding-window", type=int, default=None, metavar="SIZE",
                    help="only time the sliding window on a random SIZE^3 volume, ours vs stock, interleaved")
     return p
+
+
+@contextlib.contextmanager
+def forced_scan_backend(name: str | None):
+    """BRATSMAMBA_SCAN_BACKEND=name for the block (None: leave it as it is)."""
+    from BraTSMambaLib.ssm.selective_scan import ENV_VAR
+
+    old = os.environ.get(ENV_VAR)
+    if name:
+        os.environ[ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if name and old is None:
+            os.environ.pop(ENV_VAR, None)
+        elif name:
+            os.environ[ENV_VAR] = old
+
+
+def run_config(name: str, pkg: Path, case_dir: Path, tmp: Path, opts, args, results: dict, entry: dict):
+    """Load the package with `opts`, warm up, time our pipeline; (model, result row)."""
+    from BraTSMambaLib.inference.pipeline import load_model
+
+    model = load_model(pkg, opts)
+    dev = str(model.device) + (f" ({torch.cuda.get_device_name(model.device)})"
+                               if model.device.type == "cuda" else "")
+    results["device"] = dev
+    entry["params"] = sum(p.numel() for p in model.predictor.networks[0].parameters())
+    settings = model.predictor.settings
+    print(f"[{name}] {dev}, scan backend {scan_backend(args.device)}, tta {args.tta}, overlap {args.overlap}, "
+          f"{settings}, load+verify {model.load_seconds:.2f} s", flush=True)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        time_ours(case_dir, model, tmp / "out", opts, 1)
+    warm_s = time.perf_counter() - t0
+    ours = time_ours(case_dir, model, tmp / "out", opts, args.repeats)
+    row = {"settings": settings, "timings_s": ours, "load_s": model.load_seconds, "warmup_s": round(warm_s, 2)}
+    print(f"  ours : {ours['total_excluding_io']:.3f} s without disk I/O (preprocess {ours['preprocess']:.3f}, "
+          f"inference {ours['inference']:.3f}, postprocess {ours['postprocess']:.3f}); "
+          f"disk: read {ours['read']:.3f}, write {ours['write']:.3f}; warm-up {warm_s:.1f} s", flush=True)
+    return model, row
 
 
 def main(argv=None) -> int:
@@ -297,6 +344,8 @@ def main(argv=None) -> int:
 
     from BraTSMambaLib.inference.pipeline import SegmentOptions, load_model
 
+    if args.cudnn_benchmark_limit is not None:
+        torch.backends.cudnn.benchmark_limit = args.cudnn_benchmark_limit
     if args.fast:
         args.tta, args.overlap = 1, 0.25
     tmp = Path(tempfile.mkdtemp(prefix="brats-bench-"))
@@ -307,6 +356,7 @@ def main(argv=None) -> int:
     results = {"input": source, "shape_xyz": list(case.reference.GetSize()), "tta": args.tta,
                "overlap": args.overlap, "patch": list(args.patch), "torch": torch.__version__,
                "scan_backend": scan_backend(args.device),
+               "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,
                "host": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cores",
                "models": {}}
     for name in args.models:
@@ -321,30 +371,18 @@ def main(argv=None) -> int:
             if key({**base, **cfg}) not in [key(c) for c in mine]:
                 mine.append({**base, **cfg})
         for cfg in mine:
+            cfg = dict(cfg)
+            scan = cfg.pop("scan_backend", None)
             opts = SegmentOptions(device=args.device, fast=args.fast, tta=args.tta, overlap=args.overlap, overwrite=True,
                                   **cfg)
             try:
-                model = load_model(pkg, opts)
-                dev = str(model.device) + (f" ({torch.cuda.get_device_name(model.device)})"
-                                           if model.device.type == "cuda" else "")
-                results["device"] = dev
-                entry["params"] = sum(p.numel() for p in model.predictor.networks[0].parameters())
-                settings = model.predictor.settings
-                print(f"[{name}] {dev}, scan backend {results['scan_backend']}, tta {args.tta}, overlap {args.overlap}, "
-                      f"{settings}, load+verify {model.load_seconds:.2f} s", flush=True)
-                t0 = time.perf_counter()
-                for _ in range(args.warmup):
-                    time_ours(case_dir, model, tmp / "out", opts, 1)
-                warm_s = time.perf_counter() - t0
-                ours = time_ours(case_dir, model, tmp / "out", opts, args.repeats)
-                row = {"settings": settings, "timings_s": ours, "load_s": model.load_seconds,
-                       "warmup_s": round(warm_s, 2)}
-                print(f"  ours : {ours['total_excluding_io']:.3f} s without disk I/O (preprocess {ours['preprocess']:.3f}, "
-                      f"inference {ours['inference']:.3f}, postprocess {ours['postprocess']:.3f}); "
-                      f"disk: read {ours['read']:.3f}, write {ours['write']:.3f}; warm-up {warm_s:.1f} s", flush=True)
+                with forced_scan_backend(scan):
+                    model, row = run_config(name, pkg, case_dir, tmp, opts, args, results, entry)
             except Exception as e:  # noqa: BLE001 - one config failing must not lose the others
                 row = {"settings": cfg, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
                 print(f"  ours {cfg}: FAILED {row['error']}", flush=True)
+            if scan:
+                row["scan_backend"] = scan
             entry["ours"].append(row)
             if len(mine) > 1 or args.no_stock:
                 model = _release(model) if model is not None else None
@@ -371,7 +409,7 @@ def main(argv=None) -> int:
                 for row in entry["ours"]:
                     if "timings_s" in row:
                         row["speedup_vs_stock"] = stock["total_excluding_io"] / row["timings_s"]["total_excluding_io"]
-                        print(f"  ours {row['settings']}: {row['timings_s']['total_excluding_io']:.3f} s -> "
+                        print(f"  ours {row['settings']} scan {row.get('scan_backend', 'auto')}: {row['timings_s']['total_excluding_io']:.3f} s -> "
                               f"{row['speedup_vs_stock']:.2f}x faster than stock", flush=True)
             except Exception as e:  # noqa: BLE001
                 entry["stock_nnunet"] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}

@@ -1,4 +1,4 @@
-"""`selective_scan`: mamba_ssm's `selective_scan_fn` with a choice of backend (mamba_ssm, triton, c, torch,
+"""`selective_scan`: mamba_ssm's `selective_scan_fn` with a choice of backend (mamba_ssm, cuda, triton, c, torch,
 reference). `auto` takes the fastest one available for the tensors' device (skipping forward-only backends
 when autograd records the scan); the `backend` argument or the environment variable
 BRATSMAMBA_SCAN_BACKEND forces one, and a forced backend that cannot run raises `BackendUnavailableError`
@@ -17,7 +17,7 @@ from BraTSMambaLib.ssm.ops.dispatch import records_grad
 ENV_VAR = "BRATSMAMBA_SCAN_BACKEND"
 BACKENDS: tuple[str, ...] = tuple(MODULES)
 #: Preference order for `auto`, per device type; the first available wins.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_ssm", "triton", "torch"), "cpu": ("c", "torch")}
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_ssm", "triton", "cuda", "torch"), "cpu": ("c", "torch")}
 AUTO_DEFAULT: tuple[str, ...] = ("torch",)
 
 

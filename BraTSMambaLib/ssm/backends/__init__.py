@@ -9,6 +9,7 @@ from types import ModuleType
 #: Backend name -> module, fastest first (`selective_scan.AUTO_ORDER` gives the order per device).
 MODULES: dict[str, str] = {
     "mamba_ssm": "BraTSMambaLib.ssm.backends.mamba_ssm_backend",
+    "cuda": "BraTSMambaLib.ssm.backends.cuda_scan",
     "triton": "BraTSMambaLib.ssm.backends.triton_scan",
     "c": "BraTSMambaLib.ssm.backends.c_scan",
     "torch": "BraTSMambaLib.ssm.backends.torch_scan",

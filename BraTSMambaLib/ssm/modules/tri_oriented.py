@@ -10,7 +10,7 @@ Two evaluations of that sum. With autograd (training): as written, each scan gat
 Without (inference): the orders are permutations, so every token's three terms share the gate
 silu(z_token): the scans run ungated, their convolutions read x reversed / by slices in place, and one
 pass (`ssm.ops.gate_sum`) adds the three in token order and gates once - no reordered copies of x, z or
-the outputs.
+the outputs; on CUDA the three scans run at once on side streams (`ssm.ops.concurrently`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 from BraTSMambaLib.ssm.modules.mamba import Mamba
 from BraTSMambaLib.ssm.ops.dispatch import records_grad
 from BraTSMambaLib.ssm.ops.orders import from_order, to_order
+from BraTSMambaLib.ssm.ops.streams import concurrently
 from BraTSMambaLib.ssm.ops.tri_gate import gate_sum
 
 
@@ -53,6 +54,8 @@ class TriOrientedMamba(Mamba):
             y = y + from_order(self._branch(x, to_order(z, "reverse"), "_b", "reverse"), "reverse")
             y = y + from_order(self._branch(x, to_order(z, "slices", ns), "_s", "slices", ns), "slices", ns)
         else:
-            y = gate_sum(z, self._branch(x, None, ""), self._branch(x, None, "_b", "reverse"),
-                         self._branch(x, None, "_s", "slices", ns), ns)
+            y_f, y_r, y_s = concurrently(x.device, lambda: self._branch(x, None, ""),
+                                         lambda: self._branch(x, None, "_b", "reverse"),
+                                         lambda: self._branch(x, None, "_s", "slices", ns))
+            y = gate_sum(z, y_f, y_r, y_s, ns)
         return self._out_proj(y)

@@ -1,0 +1,222 @@
+"""CUDA backend of the selective scan for GPU inference where Triton is missing: one lane per (row, state),
+compiled at run time by NVRTC.
+
+Why a kernel of our own beside the Triton one: PyTorch's Windows and some Linux CUDA builds come without
+Triton, and without it the GPU scan fell back to the `torch` backend's chunked formula. This kernel needs
+only what PyTorch's CUDA wheels ship: NVRTC compiles it on first use (no toolkit, no build step;
+`nvrtc_build`), the driver loads it. The 16 lanes of a row each hold one state in a register
+(`cuda_scan_kernel.cu`); each block of 16 positions is loaded once (the next block's loads issued before
+this one's arithmetic), every exp(delta A) is computed once, and a transposed butterfly over the lanes
+gives each lane the output of one position. Rows are cut into chunks (a state-only pass, a join of the
+chunks' states, then the output pass) when there are too few rows to fill the GPU. On an H200 at
+SegMamba's shapes it runs as fast as the Triton kernel (docs/performance.md), so `auto` prefers Triton
+where it works (its layer ops need it anyway) and takes this one before the `torch` backend.
+
+Forward only (`FORWARD_ONLY`): `auto` never picks it when autograd records the scan, and forcing it
+then raises. Up to 32 states (a state count that is not a power of two is padded with zero states).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from BraTSMambaLib.errors import BackendUnavailableError
+from BraTSMambaLib.ssm.ops.dispatch import records_grad
+
+NAME = "cuda"
+FORWARD_ONLY = True
+SOURCE = Path(__file__).with_name("cuda_scan_kernel.cu")
+MAX_STATES = 32
+LOG2E = 1.4426950408889634
+#: Launch settings, overridable for benchmarks: warps per thread block (BRATSMAMBA_SCAN_CUDA_WARPS), the
+#: lanes (rows x states) below which rows are cut into chunks (24 warps on each of an H200's 132 SMs: one
+#: sequential lane needs several warps beside it to hide its latencies), the shortest chunk, and a forced
+#: number of chunks per row (BRATSMAMBA_SCAN_CUDA_CHUNKS, default auto). Cutting costs one state-only pass
+#: over the sequence whatever the number of chunks.
+WARPS = 1
+FILL_LANES = 132 * 24 * 32
+MIN_CHUNK = 512
+WARPS_ENV, CHUNKS_ENV = "BRATSMAMBA_SCAN_CUDA_WARPS", "BRATSMAMBA_SCAN_CUDA_CHUNKS"
+_TYPES = {torch.float32: "float", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """True on a CUDA device of compute capability >= 8.0 where NVRTC compiles and the driver loads the
+    kernel (tried once per device and process)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type != "cuda":
+        return False, f"needs a CUDA device (got {dev.type})"
+    if not torch.cuda.is_available():
+        return False, "torch reports no usable CUDA device"
+    return _probe(dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(index: int) -> tuple[bool, str]:
+    from BraTSMambaLib.ssm.backends.nvrtc_build import NvrtcError
+
+    major, minor = torch.cuda.get_device_capability(index)
+    if major < 8:
+        return False, f"needs compute capability >= 8.0 (device has {major}.{minor})"
+    try:
+        _kernel(_defines(16, (torch.bfloat16,) * 6, True, True, True, True, (True, True), False, False, False),
+                torch.device("cuda", index))
+    except (NvrtcError, OSError, RuntimeError) as e:
+        return False, f"the CUDA kernel is not usable here: {e}".splitlines()[0]
+    return True, f"NVRTC-compiled kernel on {torch.cuda.get_device_name(index)} (forward only: inference)"
+
+
+def _defines(ns: int, dtypes: tuple[torch.dtype, ...], has_d: bool, has_z: bool, has_bias: bool,
+             softplus: bool, vec: tuple[bool, bool], state_only: bool, has_hinit: bool, write_last: bool,
+             warps: int = WARPS) -> dict[str, str]:
+    u, dt, z, out, b, c = (_TYPES[t] for t in dtypes)
+    flags = {"HAS_D": has_d, "HAS_Z": has_z, "HAS_BIAS": has_bias, "SOFTPLUS": softplus, "VEC_B": vec[0],
+             "VEC_C": vec[1], "STATE_ONLY": state_only, "HAS_HINIT": has_hinit, "WRITE_LAST": write_last}
+    return {"NS": str(ns), "WARPS": str(warps), "T_U": u, "T_DT": dt, "T_Z": z, "T_OUT": out, "T_B": b, "T_C": c,
+            **{k: str(int(v)) for k, v in flags.items()}}
+
+
+def _kernel(defines: dict[str, str], device: torch.device, name: str = "scan_fwd"):
+    from BraTSMambaLib.ssm.backends.nvrtc_build import kernel
+
+    return kernel(SOURCE, defines, name, device)
+
+
+def _rows_dtype(t: torch.Tensor) -> torch.Tensor:
+    """t with a dtype the kernel reads (fp32/bf16/fp16, else fp32) and a contiguous last dimension."""
+    if t.dtype not in _TYPES:
+        t = t.float()
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _vectorisable(t: torch.Tensor, ns: int) -> bool:
+    """Whether NS consecutive positions of every state row of t are whole 16-byte words."""
+    size = t.element_size()
+    return (ns * size) % 16 == 0 and t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])
+
+
+def _grouped(B: torch.Tensor, C: torch.Tensor, ns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C as (batch, G, NS, L) with one group count, states padded with zeros to NS."""
+    Bg = B if B.dim() == 4 else B.unsqueeze(1)
+    Cg = C if C.dim() == 4 else C.unsqueeze(1)
+    if Bg.shape[1] != Cg.shape[1]:
+        G = math.lcm(Bg.shape[1], Cg.shape[1])
+        Bg = Bg.repeat_interleave(G // Bg.shape[1], dim=1)
+        Cg = Cg.repeat_interleave(G // Cg.shape[1], dim=1)
+    pad = ns - Bg.shape[2]
+    if pad:
+        Bg = torch.nn.functional.pad(Bg, (0, 0, 0, pad))
+        Cg = torch.nn.functional.pad(Cg, (0, 0, 0, pad))
+    return _rows_dtype(Bg), _rows_dtype(Cg)
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    v = os.environ.get(name, "").strip().lower()
+    if v in ("", "auto"):
+        return default
+    if not v.isdigit() or int(v) < 1:
+        raise ValueError(f"{name}={v!r}: expected a positive integer or auto")
+    return int(v)
+
+
+def _warps() -> int:
+    w = _env_int(WARPS_ENV, WARPS)
+    if w > 32:
+        raise ValueError(f"{WARPS_ENV}={w}: at most 32 warps per block")
+    return w
+
+
+def _chunks(rows: int, ns: int, L: int) -> int:
+    """Chunks per row: 1 when rows x lanes fill the GPU, else enough to fill it with >= MIN_CHUNK positions
+    (or BRATSMAMBA_SCAN_CUDA_CHUNKS)."""
+    forced = _env_int(CHUNKS_ENV, None)
+    if forced is not None:
+        return max(1, min(forced, -(-L // ns)))
+    lanes = rows * ns
+    if lanes >= FILL_LANES or L < 2 * MIN_CHUNK:
+        return 1
+    return max(1, min(-(-FILL_LANES // lanes), L // MIN_CHUNK))
+
+
+def _p(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
+
+
+def _i(*vals: int) -> list[ctypes.c_longlong]:
+    return [ctypes.c_longlong(int(v)) for v in vals]
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """mamba_ssm's `selective_scan_fn` forward on the GPU (shapes and semantics: `ssm.selective_scan`)."""
+    from BraTSMambaLib.ssm.backends.nvrtc_build import NvrtcError, launch
+
+    if records_grad(u, delta, A, B, C, D, z, delta_bias):
+        raise BackendUnavailableError("scan backend 'cuda' is forward-only: use 'triton' (or auto) when training")
+    b, E, L = u.shape
+    N = A.shape[1]
+    if N > MAX_STATES:
+        raise BackendUnavailableError(f"scan backend 'cuda' handles at most {MAX_STATES} states (got {N})")
+    ns = max(2, _next_pow2(N))
+    out = torch.empty((b, E, L), dtype=u.dtype if u.dtype in _TYPES else torch.float32, device=u.device)
+    last = torch.zeros((b, E, ns), dtype=torch.float32, device=u.device) if return_last_state else None
+    if out.numel() == 0:
+        return (out.to(u.dtype), last[..., :N]) if return_last_state else out.to(u.dtype)
+    u_, dt_ = _rows_dtype(u), _rows_dtype(delta)
+    z_ = None if z is None else _rows_dtype(z)
+    Bg, Cg = _grouped(B, C, ns)
+    A2 = torch.zeros((E, ns), dtype=torch.float32, device=u.device)
+    A2[:, :N] = A.float() * LOG2E
+    D32 = None if D is None else D.float().contiguous()
+    bias32 = None if delta_bias is None else delta_bias.float().contiguous()
+    rows = b * E
+    nchunks = _chunks(rows, ns, L)
+    chunk_len = -(-(-(-L // nchunks)) // ns) * ns
+    nchunks = -(-L // chunk_len)
+    dtypes = (u_.dtype, dt_.dtype, (z_ if z_ is not None else u_).dtype, out.dtype, Bg.dtype, Cg.dtype)
+    vec = (_vectorisable(Bg, ns), _vectorisable(Cg, ns))
+    G = Bg.shape[1]
+    warps = _warps()
+    rows_per_block = warps * (32 // ns)
+    grid = (-(-rows // rows_per_block), nchunks, 1)
+    block = (32 * warps, 1, 1)
+    zs = (z_.stride(0), z_.stride(1)) if z_ is not None else (0, 0)
+    sizes = _i(rows, E, L, E // G, chunk_len, u_.stride(0), u_.stride(1), dt_.stride(0), dt_.stride(1), *zs,
+               *Bg.stride()[:3], *Cg.stride()[:3])
+
+    def defines(state_only: bool, has_hinit: bool) -> dict[str, str]:
+        return _defines(ns, dtypes, D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
+                        vec, state_only, has_hinit, last is not None and not state_only, warps)
+
+    def scan(defs: dict[str, str], h_init, cstate, cdsum) -> None:
+        launch(_kernel(defs, u.device), grid, block, [_p(u_), _p(dt_), _p(z_), _p(out), _p(A2), _p(Bg), _p(Cg),
+                                                      _p(D32), _p(bias32), _p(h_init), _p(cstate), _p(cdsum),
+                                                      _p(last), *sizes])
+
+    try:
+        with torch.cuda.device(u.device):
+            h_init = None
+            if nchunks > 1:
+                f32 = {"dtype": torch.float32, "device": u.device}
+                S = torch.empty((rows, nchunks, ns), **f32)
+                dsum = torch.empty((rows, nchunks), **f32)
+                state_defs = defines(True, False)
+                scan(state_defs, None, S, dsum)
+                h_init = torch.empty_like(S)
+                launch(_kernel(state_defs, u.device, "join_chunks"), (-(-rows * ns // 256), 1, 1), (256, 1, 1),
+                       [_p(S), _p(dsum), _p(A2), _p(h_init), *_i(rows, E, nchunks)])
+            scan(defines(False, h_init is not None), h_init, None, None)
+    except NvrtcError as e:
+        raise BackendUnavailableError(f"scan backend 'cuda' failed: {e}") from e
+    y = out.to(u.dtype)
+    return (y, last[..., :N]) if return_last_state else y
+

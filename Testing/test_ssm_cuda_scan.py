@@ -1,0 +1,140 @@
+"""CUDA (NVRTC) selective-scan backend against a float64 sequential transcription.
+
+CPU: the backend refuses CPU tensors with a reason, and the kernel source compiles with NVRTC for the
+architectures it targets wherever PyTorch's NVRTC loads (no GPU needed to compile). GPU (`-m gpu`): every
+variant the host picks (dtypes, states 1-32 with zero-padding, groups, strided B/C views, z/D/bias/softplus,
+lengths that are not multiples of the lane count, chunked rows, last state) against float64, and a SegMamba
+layer's output equal to the Triton backend's.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from BraTSMambaLib.errors import BackendUnavailableError
+from BraTSMambaLib.ssm import selective_scan
+from BraTSMambaLib.ssm.backends import cuda_scan, nvrtc_build
+from BraTSMambaLib.ssm.selective_scan import resolve_backend
+from Testing.test_ssm_triton import make_inputs, reference64, rel
+
+
+def _nvrtc_loads() -> bool:
+    try:
+        nvrtc_build._nvrtc()
+    except (nvrtc_build.NvrtcError, OSError):
+        return False
+    return True
+
+
+def test_cpu_tensors_are_refused_with_a_reason():
+    ok, why = cuda_scan.is_available("cpu")
+    assert not ok and "CUDA" in why
+    with pytest.raises(BackendUnavailableError, match="'cuda' is unavailable on cpu"):
+        resolve_backend("cuda", "cpu")
+
+
+def test_forward_only_refuses_gradients():
+    x = torch.randn(1, 2, 8, requires_grad=True)
+    with pytest.raises(BackendUnavailableError, match="forward-only"):
+        cuda_scan.selective_scan(x, x.detach(), -torch.ones(2, 4), torch.randn(1, 4, 8), torch.randn(1, 4, 8))
+    assert resolve_backend("auto", "cpu", needs_grad=True) != "cuda"
+
+
+@pytest.mark.skipif(not _nvrtc_loads(), reason="PyTorch's NVRTC does not load here")
+@pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.parametrize("variant", [
+    dict(ns=16, dtypes=(torch.bfloat16,) * 6, flags=(True, False, True, True), vec=(True, True), state_only=False),
+    dict(ns=16, dtypes=(torch.float32,) * 6, flags=(True, True, True, True), vec=(False, False), state_only=True),
+    dict(ns=4, dtypes=(torch.float16,) * 4 + (torch.float32,) * 2, flags=(False, True, False, False),
+         vec=(True, False), state_only=False),
+    dict(ns=32, dtypes=(torch.bfloat16,) * 6, flags=(True, True, True, True), vec=(True, True), state_only=False),
+])
+def test_kernel_source_compiles_with_nvrtc(arch, variant):
+    defines = cuda_scan._defines(variant["ns"], variant["dtypes"], *variant["flags"], variant["vec"],
+                                 variant["state_only"], not variant["state_only"], True)
+    text = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + cuda_scan.SOURCE.read_text()
+    cubin = nvrtc_build._compile(text, "cuda_scan_kernel", arch)
+    assert cubin[:4] == b"\x7fELF" and b"scan_fwd" in cubin
+
+
+@pytest.mark.skipif(not _nvrtc_loads(), reason="PyTorch's NVRTC does not load here")
+def test_a_broken_source_names_the_error():
+    with pytest.raises(nvrtc_build.NvrtcError, match="could not compile broken.cu for sm_90"):
+        nvrtc_build._compile("extern \"C\" __global__ void f() { undefined_name(); }", "broken", "90")
+
+
+def _case(b=2, E=8, L=200, N=16, dtype="float32", gB=0, gC=0, z=True, D=True, bias=True, softplus=True, **kw):
+    return dict(b=b, E=E, L=L, N=N, dtype=dtype, gB=gB, gC=gC, z=z, D=D, bias=bias, softplus=softplus, **kw)
+
+
+GPU_CASES = {
+    "fp32_all": _case(),
+    "bf16_all": _case(dtype="bfloat16"),
+    "fp16_all": _case(dtype="float16"),
+    "bf16_bare": _case(dtype="bfloat16", z=False, D=False, bias=False, softplus=False),
+    "groups": _case(E=12, gB=3, gC=2),
+    "states4": _case(N=4, L=37),
+    "states12_padded": _case(N=12, L=41),
+    "states32": _case(N=32, L=70),
+    "one_state": _case(N=1, L=9),
+    "odd_rows_and_length": _case(b=3, E=5, L=1001),
+    "big_delta": _case(big_delta=True),
+    "chunked": _case(b=1, E=4, L=9000),
+}
+TOL = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}
+
+
+def _run(case: dict, seed: int, **extra):
+    x = make_inputs(case, "cuda", seed)
+    args = {k: (x[k].detach() if x[k] is not None else None) for k in ("u", "delta", "A", "B", "C", "D", "z",
+                                                                       "delta_bias")}
+    ref, last_ref = reference64(**args, delta_softplus=case["softplus"])
+    out, last = cuda_scan.selective_scan(**args, delta_softplus=case["softplus"], return_last_state=True, **extra)
+    return out, last, ref, last_ref, args
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_gpu_cuda_matches_float64(name):
+    case = GPU_CASES[name]
+    out, last, ref, last_ref, args = _run(case, seed=200 + list(GPU_CASES).index(name))
+    assert out.dtype == args["u"].dtype and out.shape == args["u"].shape
+    assert last.shape == (case["b"], case["E"], case["N"]) and last.dtype == torch.float32
+    assert rel(out, ref) < TOL[case["dtype"]], rel(out, ref)
+    assert rel(last, last_ref) < TOL[case["dtype"]], rel(last, last_ref)
+    if name == "chunked":
+        assert cuda_scan._chunks(case["b"] * case["E"], 16, case["L"]) > 1
+
+
+@pytest.mark.gpu
+def test_gpu_strided_views_as_the_layer_passes_them():
+    """B and C as row blocks of one (batch, R + 2N, L) product, u and z as halves of in_proj's output."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    b, E, L, N, R = 2, 32, 4096, 16, 3
+    xz = torch.randn(b, 2 * E, L, device="cuda", generator=g, dtype=torch.bfloat16)
+    x_dbl = torch.randn(b, R + 2 * N, L, device="cuda", generator=g, dtype=torch.bfloat16)
+    u, z = xz[:, :E], xz[:, E:]
+    delta = torch.randn(b, E, L, device="cuda", generator=g, dtype=torch.bfloat16) * 0.5 - 1
+    A = -torch.rand(E, N, device="cuda", generator=g) * 4 - 0.1
+    B, C = x_dbl[:, R:R + N], x_dbl[:, R + N:]
+    D, bias = torch.randn(E, device="cuda", generator=g), torch.randn(E, device="cuda", generator=g) * 0.3
+    assert cuda_scan._vectorisable(B, 16) and not u.is_contiguous()
+    out = selective_scan(u, delta, A, B, C, D, z, bias, True, backend="cuda")
+    ref, _ = reference64(u, delta, A, B, C, D, z, bias, True)
+    assert rel(out, ref) < TOL["bfloat16"]
+
+
+@pytest.mark.gpu
+def test_gpu_segmamba_layer_same_as_triton(monkeypatch):
+    """A tri-orientated Mamba layer at a SegMamba stage shape: the CUDA scan gives the Triton scan's output."""
+    from BraTSMambaLib.ssm.modules.tri_oriented import TriOrientedMamba
+
+    torch.manual_seed(0)
+    layer = TriOrientedMamba(48, nslices=16).cuda().eval()
+    x = torch.randn(2, 16 ** 3, 48, device="cuda")
+    outs = {}
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        for backend in ("triton", "cuda"):
+            monkeypatch.setenv("BRATSMAMBA_SCAN_BACKEND", backend)
+            outs[backend] = layer(x).float()
+    assert rel(outs["cuda"], outs["triton"]) < 1e-2

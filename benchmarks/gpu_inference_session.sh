@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One device call for the inference scan (run from the repository root on the GPU machine, with
+# .work/segbench carried: site-packages and SimpleITK for Python 3.12, and a BraTS case, as tar.xz): GPU tests of the scan backends, the scan alone (cuda vs
+# triton, SegMamba's four stage shapes at batch 8, bf16), SegMamba's layer (scan backends x side streams),
+# and whole cases against nnU-Net's stock predictor (benchmarks/segment.py). Logs and JSON go to $OUT.
+#
+#   bash benchmarks/gpu_inference_session.sh
+#
+# Steps: tests, scan, ncu, layer, segment, streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), fallback
+# (SegMamba with the Mamba-layer ops in PyTorch, scan backend cuda vs torch: what a GPU without Triton uses),
+# cudnn (SegMamba with cuDNN's autotuner limited to 10 algorithms, PyTorch's default, and trying all; and 16
+# tiles per forward pass instead of 8).
+# Settings (environment): CASE (default: the carried case), STEPS ("tests scan layer segment"), MODELS ("segmamba umambabot"),
+# CONFIGS (segment.py --configs), REPEATS (3), SCAN_VARIANTS (chunks:warps settings of the cuda backend).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu_inference_out}
+S=${DEVSTAGE:-/tmp/devstage}
+mkdir -p "$OUT" "$S/site"
+T0=$(date +%s)
+stamp() { echo "[$(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*"; }
+if [ ! -d "$S/site/nnunetv2" ]; then
+  for t in .work/segbench/site.tar.xz .work/segbench/simpleitk-*.tar.xz; do tar xJf "$t" -C "$S/site"; done
+  mkdir -p "$S/case" && tar xJf .work/segbench/case.tar.xz -C "$S/case"
+fi
+CASE=${CASE:-$(ls -d "$S"/case/*/ | head -1)}
+export PYTHONPATH=$S/site:$PWD
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
+steps=" ${STEPS:-tests scan layer segment} "
+if [[ $steps == *" tests "* ]]; then
+  stamp "GPU tests"
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider Testing/test_ssm_cuda_scan.py Testing/test_ssm_scan.py \
+    Testing/test_ssm_ops_streams.py Testing/test_ssm_triton.py Testing/test_nets_fused.py \
+    2>&1 | tee "$OUT/tests.log" | tail -15
+fi
+if [[ $steps == *" scan "* ]]; then
+  stamp "scan alone"
+  timeout 150 python3 benchmarks/scan.py --device cuda --batch 8 --dtype bf16 --backends cuda triton --no-backward \
+    --reference no --baseline triton --json "$OUT/scan.json" 2>&1 | tee "$OUT/scan.log" | tail -20
+  for v in ${SCAN_VARIANTS:-1:1 4:1 16:1 32:1}; do   # chunks:warps of the cuda backend
+    set -- ${v/:/ }
+    stamp "scan alone, cuda backend, BRATSMAMBA_SCAN_CUDA_CHUNKS=$1 BRATSMAMBA_SCAN_CUDA_WARPS=$2"
+    BRATSMAMBA_SCAN_CUDA_CHUNKS=$1 BRATSMAMBA_SCAN_CUDA_WARPS=$2 timeout 100 python3 benchmarks/scan.py --device cuda \
+      --batch 8 --dtype bf16 --backends cuda --no-backward --reference no 2>&1 | tee -a "$OUT/scan.log" | grep -E "^ *[0-3] |stage"
+  done
+fi
+if [[ $steps == *" ncu "* ]]; then   # Nsight Compute on the scans at stage 0 (each backend called twice)
+  stamp "ncu, stage 0 scans"
+  timeout 240 ncu --kernel-name regex:"scan_fwd|_fwd_chunk" --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section SchedulerStats --section LaunchStats --section ComputeWorkloadAnalysis \
+    python3 benchmarks/scan.py --device cuda --batch 8 --dtype bf16 --backends cuda triton --no-backward \
+    --reference no --stages 0 --repeats 1 > "$OUT/ncu.log" 2>&1
+  grep -E "scan_fwd|_fwd_chunk|Duration|Achieved Occupancy|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Compute \(SM\) Th|Memory Th|Executed Ipc A" "$OUT/ncu.log" | head -120
+fi
+if [[ $steps == *" layer "* ]]; then
+  stamp "SegMamba layer"
+  timeout 150 python3 benchmarks/mamba_layer_gpu.py --stages 0,1 --scan-backends cuda triton --json "$OUT/layer.json" \
+    2>&1 | tee "$OUT/layer.log" | grep -v "^ " | tail -30
+fi
+if [[ $steps == *" segment "* ]]; then
+  stamp "whole case $CASE"
+  timeout 330 python3 benchmarks/segment.py --case "$CASE" --models ${MODELS:-segmamba umambabot} \
+    --configs ${CONFIGS:-bf16:channels_last::::triton bf16:channels_last::::cuda} --repeats ${REPEATS:-3} --warmup 1 \
+    --json "$OUT/segment.json" 2>&1 | tee "$OUT/segment.log" | tail -30
+fi
+if [[ $steps == *" streamsoff "* ]]; then   # the same without side streams for the tri-orientated scans
+  stamp "whole case, BRATSMAMBA_LAYER_STREAMS=0"
+  BRATSMAMBA_LAYER_STREAMS=0 timeout 200 python3 benchmarks/segment.py --case "$CASE" --models ${MODELS:-segmamba umambabot} \
+    --no-stock --repeats ${REPEATS:-3} --warmup 1 --json "$OUT/segment_streams_off.json" 2>&1 \
+    | tee "$OUT/segment_streams_off.log" | grep -E "^\[|ours :"
+fi
+if [[ $steps == *" fallback "* ]]; then   # the scans a GPU without Triton can use: cuda (NVRTC) vs torch
+  stamp "whole case, Mamba-layer ops in PyTorch (BRATSMAMBA_LAYER_KERNELS=torch), scan cuda vs torch"
+  BRATSMAMBA_LAYER_KERNELS=torch timeout 300 python3 benchmarks/segment.py --case "$CASE" --models segmamba --no-stock \
+    --configs bf16:channels_last::::cuda bf16:channels_last::::torch --repeats 2 --warmup 1 \
+    --json "$OUT/segment_fallback.json" 2>&1 | tee "$OUT/segment_fallback.log" | grep -E "^\[|ours :|FAILED"
+fi
+if [[ $steps == *" cudnn "* ]]; then   # cuDNN's autotuner trying all algorithms instead of PyTorch's default 10
+  for lim in 10 0; do
+    stamp "whole case, SegMamba, torch.backends.cudnn.benchmark_limit=$lim"
+    timeout 150 python3 benchmarks/segment.py --case "$CASE" --models segmamba --no-stock --repeats ${REPEATS:-3} \
+      --warmup 1 --cudnn-benchmark-limit $lim --configs bf16:channels_last $([ $lim = 10 ] && echo bf16:channels_last::16) \
+      --json "$OUT/segment_cudnn_$lim.json" 2>&1 | tee "$OUT/segment_cudnn_$lim.log" | grep -E "^\[|ours :|FAILED"
+  done
+fi
+stamp "done"
