@@ -167,7 +167,9 @@ def test_benchmark_settings_parse():
         "precision": "bf16-cast", "memory_format": "channels_last", "compile": "default", "tiles_per_forward": 16,
         "compile_scope": "convs"}
     assert bench.parse_config("bf16") == {"precision": "bf16"}
-    for bad in ("int8", "bf16:nhwc", "bf16:-:-:zero"):
+    assert bench.parse_config("bf16:channels_last::::cuda") == {
+        "precision": "bf16", "memory_format": "channels_last", "scan_backend": "cuda"}
+    for bad in ("int8", "bf16:nhwc", "bf16:-:-:zero", "bf16:::::fast", "bf16::::::x"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.parse_config(bad)
     assert bench.config_from_variant("autocast_cl_compile", 8) == {
