@@ -325,6 +325,31 @@ def test_batch_split_across_torchrun_ranks(model, tmp_path, monkeypatch):
     assert res.done == ["BraTSPhantom_s11"] and not res.failed
 
 
+def test_batch_pipeline_writes_what_the_sequential_batch_writes_and_survives_a_failed_write(model, tmp_path):
+    """Reading ahead and writing behind change nothing in the outputs; a case whose write fails (its
+    label-map path is taken by a folder) fails alone, leaves no temporary files, and the next case is written."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "cases"
+    ids = [f"BraTSPhantom_s{seed}" for seed in (20, 21, 22)]
+    for seed in (20, 21, 22):
+        write_phantom(root / f"c{seed}", seed=seed, shape_xyz=SHAPE)
+    runs = {}
+    for pipeline in (False, True):
+        out = tmp_path / f"out_{pipeline}"
+        res = segment_batch(root, model, out, SegmentOptions(**OPTS), progress=False, pipeline=pipeline)
+        assert res.done == ids and not res.failed
+        runs[pipeline] = {i: sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{i}_seg.nii.gz"))) for i in ids}
+    assert all(np.array_equal(runs[True][i], runs[False][i]) for i in ids)
+
+    out = tmp_path / "out_blocked"
+    (out / f"{ids[1]}_seg.nii.gz" / "taken").mkdir(parents=True)
+    res = segment_batch(root, model, out, SegmentOptions(**OPTS, overwrite=True), progress=False)
+    assert res.done == [ids[0], ids[2]] and list(res.failed) == [ids[1]]
+    assert not (out / f"{ids[1]}_volumes.json").exists() and not list(out.glob(".*"))
+    assert (out / f"{ids[2]}_volumes.json").is_file()
+
+
 def test_demo_refuses_without_bundled_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BRATSMAMBA_RESOURCES", str(tmp_path / "res"))
     assert main(["demo", "-o", str(tmp_path / "out")]) == 1

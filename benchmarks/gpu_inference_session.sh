@@ -9,7 +9,8 @@
 # Steps: tests, scan, ncu, layer, segment, streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), fallback
 # (SegMamba with the Mamba-layer ops in PyTorch, scan backend cuda vs torch: what a GPU without Triton uses),
 # cudnn (SegMamba with cuDNN's autotuner limited to 10 algorithms, PyTorch's default, and trying all; and 16
-# tiles per forward pass instead of 8).
+# tiles per forward pass instead of 8), batch (segment --batch of COPIES links of the case, sequential vs
+# pipelined).
 # Settings (environment): CASE (default: the carried case), STEPS ("tests scan layer segment"), MODELS ("segmamba umambabot"),
 # CONFIGS (segment.py --configs), REPEATS (3), SCAN_VARIANTS (chunks:warps settings of the cuda backend).
 set -uo pipefail
@@ -81,6 +82,13 @@ if [[ $steps == *" cudnn "* ]]; then   # cuDNN's autotuner trying all algorithms
     timeout 150 python3 benchmarks/segment.py --case "$CASE" --models segmamba --no-stock --repeats ${REPEATS:-3} \
       --warmup 1 --cudnn-benchmark-limit $lim --configs bf16:channels_last $([ $lim = 10 ] && echo bf16:channels_last::16) \
       --json "$OUT/segment_cudnn_$lim.json" 2>&1 | tee "$OUT/segment_cudnn_$lim.log" | grep -E "^\[|ours :|FAILED"
+  done
+fi
+if [[ $steps == *" batch "* ]]; then   # segment --batch throughput: sequential vs pipelined (benchmarks/batch.py)
+  for m in ${MODELS:-segmamba umambabot}; do
+    stamp "batch of ${COPIES:-6} cases, $m"
+    timeout 200 python3 benchmarks/batch.py --case "$CASE" --copies ${COPIES:-6} --model $m \
+      --json "$OUT/batch_$m.json" 2>&1 | tee "$OUT/batch_$m.log" | tail -3
   done
 fi
 stamp "done"

@@ -214,15 +214,36 @@ def segment_case(
     the files written by this call are removed again. `on_progress` hears every stage from reading the
     images to writing the outputs; "done" is left to the caller, who knows when the whole job ends.
     """
+    t_start = time.perf_counter()
+    (on_progress or (lambda *a: None))("load", stage_fraction("load", 0.5), "reading the images")
+    loaded, read_s = read_case(case)
+    result, write = predict_case_outputs(loaded, model, out_dir, options, on_progress, read_s=read_s,
+                                         t_start=t_start)
+    write()
+    return result
+
+
+def read_case(case: Any) -> tuple[Any, float]:
+    """(BraTSCase, seconds spent reading) for a folder, {modality: path} or an already loaded BraTSCase."""
     from BraTSMambaLib.data.case import BraTSCase, load_case
 
+    t0 = time.perf_counter()
+    if not isinstance(case, BraTSCase):
+        case = load_case(case)
+    return case, time.perf_counter() - t0
+
+
+def predict_case_outputs(
+    case: Any, model: LoadedModel, out_dir: str | os.PathLike, options: SegmentOptions,
+    on_progress: ProgressCallback | None = None, *, read_s: float = 0.0, t_start: float | None = None,
+) -> tuple[CaseResult, Callable[[], None]]:
+    """Everything of `segment_case` for a loaded BraTSCase but the writing: (result, write), where
+    write() writes the outputs atomically. The device's work for the case is complete when this returns,
+    so a batch can write one case on a thread while the next is predicted."""
     tell = on_progress or (lambda stage, fraction, message="": None)
     timer = _Timer(_sync_for(model.device))
-    t_start = time.perf_counter()
-    tell("load", stage_fraction("load", 0.5), "reading the images")
-    with timer("read"):
-        if not isinstance(case, BraTSCase):
-            case = load_case(case)
+    timer.times["read"] = round(read_s, 4)
+    t_start = time.perf_counter() - read_s if t_start is None else t_start
     paths = O.output_paths(out_dir, case.case_id, probabilities=options.save_probabilities, overlay=options.overlay)
     O.check_targets(paths, options.overwrite)
     pred = predict_labels(case, model, options, timer, on_progress, probabilities=options.save_probabilities)
@@ -246,8 +267,12 @@ def segment_case(
         inputs={k: str(p) for k, p in case.paths.items()},
     )
     tell("write", stage_fraction("write"), f"{case.case_id}: writing {len(paths)} files")
-    _write_outputs(paths, case, model, labels, regions, prob, report, timer, t_start, options)
-    return CaseResult(case.case_id, paths, report, labels, regions, prob)
+    timer.sync = lambda: None   # the labels are on the host: writing waits for no device work
+
+    def write() -> None:
+        _write_outputs(paths, case, model, labels, regions, prob, report, timer, t_start, options)
+
+    return CaseResult(case.case_id, paths, report, labels, regions, prob), write
 
 
 def _write_outputs(paths: Mapping[str, Path], case, model: LoadedModel, labels: np.ndarray, regions: np.ndarray,
@@ -329,13 +354,20 @@ class BatchResult:
 def segment_batch(
     root: str | os.PathLike, model: LoadedModel, out_dir: str | os.PathLike, options: SegmentOptions,
     *, progress: bool = True, log: Callable[[str], None] = print, on_progress: ProgressCallback | None = None,
+    pipeline: bool = True,
 ) -> BatchResult:
     """Segment every case folder below `root`; skip complete ones, continue past failures.
 
+    With `pipeline` (the default) the next case is read on one thread and the previous case's outputs are
+    written on another while the current case is predicted, so the device does not wait for the disk; at
+    most one write is in flight, and an interrupted batch still finishes (or cleanly fails) that write.
     Under torchrun (RANK/WORLD_SIZE) each rank takes every WORLD_SIZE-th case of the sorted list.
     `on_progress` hears each case's stages inside its share of the bar after the model load (messages
-    start with "case i/n <id>:"), a "write" line as each case ends, and "done" at the end.
+    start with "case i/n <id>:"), a "write" line with each case's outcome, in case order, and "done" at
+    the end; its fractions never go back.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     from BraTSMambaLib.data.case import find_cases, scan_folder
@@ -345,39 +377,109 @@ def segment_batch(
         raise BraTSInputError(f"{root}: no BraTS case folders found below it")
     rank, world = rank_and_world()
     mine = folders[rank::world]
+    plan = []
+    for folder in mine:
+        case_id = scan_folder(folder).case_id
+        plan.append((folder, case_id or folder.name,
+                     not options.overwrite and bool(case_id) and is_complete(out_dir, case_id, options)))
     result = BatchResult()
+    report = _monotonic(on_progress)
     start = stage_fraction("load")
-    share = (1.0 - start) / max(1, len(mine))
-    bar = tqdm(mine, desc=f"segment{f' [rank {rank}/{world}]' if world > 1 else ''}", unit="case",
+    share = (1.0 - start) / max(1, len(plan))
+    bar = tqdm(total=len(plan), desc=f"segment{f' [rank {rank}/{world}]' if world > 1 else ''}", unit="case",
                disable=not progress)
-    for i, folder in enumerate(bar):
-        scan = scan_folder(folder)
-        case_id = scan.case_id or folder.name
-        bar.set_postfix_str(case_id)
-        prefix = f"case {i + 1}/{len(mine)} {case_id}: "
-        case_progress = within(on_progress, start + i * share, start + (i + 1) * share, prefix)
-        if not options.overwrite and scan.case_id and is_complete(out_dir, case_id, options):
-            result.skipped.append(case_id)
-            outcome = "skipped, outputs complete"
+
+    def case_progress(i: int) -> ProgressCallback | None:
+        return within(report, start + i * share, start + (i + 1) * share, f"case {i + 1}/{len(plan)} {plan[i][1]}: ")
+
+    def finish(i: int, outcome: str, error: str | None = None) -> None:
+        case_id = plan[i][1]
+        if error is not None:
+            result.failed[case_id] = error
+        elif outcome == "segmented":
+            result.done.append(case_id)
         else:
+            result.skipped.append(case_id)
+        bar.set_postfix_str(case_id)
+        bar.update(1)
+        if report is not None:
+            case_progress(i)("write", 1.0, outcome)
+
+    def settle(pending: tuple[int, Any] | None) -> None:
+        if pending is None:
+            return
+        i, fut = pending
+        try:
+            fut.result()
+            finish(i, "segmented")
+        except Exception as e:  # noqa: BLE001 - a failed write fails its case, not the batch
+            finish(i, "failed", _why(e))
+
+    todo = [i for i, item in enumerate(plan) if not item[2]]
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        reads: dict[int, Any] = {}
+
+        def prefetch(k: int) -> None:
+            if pipeline and k < len(todo) and todo[k] not in reads:
+                reads[todo[k]] = reader.submit(read_case, plan[todo[k]][0])
+
+        pending = None
+        nxt = 0
+        for i, (folder, case_id, skip) in enumerate(plan):
+            if skip:
+                settle(pending)
+                pending = None
+                finish(i, "skipped, outputs complete")
+                continue
+            nxt += 1
+            prefetch(nxt - 1)
+            prefetch(nxt)
+            tell = case_progress(i)
+            t_start = time.perf_counter()
             try:
-                segment_case(folder, model, out_dir, options, on_progress=case_progress)
-                result.done.append(case_id)
-                outcome = "segmented"
-            except BraTSInputError as e:
-                result.failed[case_id] = str(e)
-                outcome = "failed"
-            except Exception as e:  # a broken case must not stop the batch
-                result.failed[case_id] = f"{type(e).__name__}: {e}"
-                outcome = "failed"
+                if tell is not None:
+                    tell("load", stage_fraction("load", 0.5), "reading the images")
+                fut = reads.pop(i, None)
+                loaded, read_s = fut.result() if fut is not None else read_case(folder)
+                _, write = predict_case_outputs(loaded, model, out_dir, options, tell, read_s=read_s,
+                                                t_start=t_start)
+            except Exception as e:  # noqa: BLE001 - a broken case must not stop the batch
                 if os.environ.get("BRATSMAMBA_DEBUG"):
                     traceback.print_exc()
-        if case_progress is not None:
-            case_progress("write", 1.0, outcome)
+                settle(pending)
+                pending = None
+                finish(i, "failed", _why(e))
+                continue
+            settle(pending)
+            pending = (i, writer.submit(write))
+            if not pipeline:
+                settle(pending)
+                pending = None
+        settle(pending)
+    bar.close()
     if on_progress is not None:
         on_progress("done", 1.0, f"{len(result.done)} segmented, {len(result.skipped)} already complete, "
                                  f"{len(result.failed)} failed")
     return result
+
+
+def _why(e: BaseException) -> str:
+    """A failed case's reason: the message of our input errors, type and message of anything else."""
+    return str(e) if isinstance(e, BraTSInputError) else f"{type(e).__name__}: {e}"
+
+
+def _monotonic(callback: ProgressCallback | None) -> ProgressCallback | None:
+    """`callback` with fractions that never go back (a batch reports a case's outcome after the next
+    case's first stages)."""
+    if callback is None:
+        return None
+    last = [0.0]
+
+    def report(stage: str, fraction: float, message: str = "") -> None:
+        last[0] = max(last[0], fraction)
+        callback(stage, last[0], message)
+
+    return report
 
 
 def _sync_for(device) -> Callable[[], None] | None:
