@@ -15,6 +15,7 @@ from BraTSMambaLib.errors import BackendUnavailableError
 from BraTSMambaLib.ssm import selective_scan
 from BraTSMambaLib.ssm.backends import cuda_scan, nvrtc_build
 from BraTSMambaLib.ssm.selective_scan import resolve_backend
+from Testing.test_ssm_ops_streams import tri_layer_outputs
 from Testing.test_ssm_triton import make_inputs, reference64, rel
 
 
@@ -127,14 +128,5 @@ def test_gpu_strided_views_as_the_layer_passes_them():
 @pytest.mark.gpu
 def test_gpu_segmamba_layer_same_as_triton(monkeypatch):
     """A tri-orientated Mamba layer at a SegMamba stage shape: the CUDA scan gives the Triton scan's output."""
-    from BraTSMambaLib.ssm.modules.tri_oriented import TriOrientedMamba
-
-    torch.manual_seed(0)
-    layer = TriOrientedMamba(48, nslices=16).cuda().eval()
-    x = torch.randn(2, 16 ** 3, 48, device="cuda")
-    outs = {}
-    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-        for backend in ("triton", "cuda"):
-            monkeypatch.setenv("BRATSMAMBA_SCAN_BACKEND", backend)
-            outs[backend] = layer(x).float()
-    assert rel(outs["cuda"], outs["triton"]) < 1e-2
+    triton_out, cuda_out = tri_layer_outputs(monkeypatch, "BRATSMAMBA_SCAN_BACKEND", ("triton", "cuda"), 16, 2)
+    assert rel(cuda_out, triton_out) < 1e-2

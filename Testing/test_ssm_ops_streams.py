@@ -23,17 +23,24 @@ def test_the_switch_is_validated(monkeypatch):
         streams.streams_enabled()
 
 
-@pytest.mark.gpu
-def test_gpu_layer_with_side_streams_equals_sequential(monkeypatch):
+def tri_layer_outputs(monkeypatch, var: str, values: tuple[str, ...], side: int, batch: int) -> list[torch.Tensor]:
+    """A TriOrientedMamba(48) layer's bf16-autocast outputs on CUDA for a (batch, side^3, 48) input, one per
+    value of the environment variable `var`, in order."""
     from BraTSMambaLib.ssm.modules.tri_oriented import TriOrientedMamba
 
     torch.manual_seed(0)
-    layer = TriOrientedMamba(48, nslices=32).cuda().eval()
-    x = torch.randn(4, 32 ** 3, 48, device="cuda")
-    outs = {}
+    layer = TriOrientedMamba(48, nslices=side).cuda().eval()
+    x = torch.randn(batch, side ** 3, 48, device="cuda")
+    outs = []
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-        for flag in ("1", "0", "1"):
-            monkeypatch.setenv(streams.ENV_VAR, flag)
-            outs.setdefault(flag, []).append(layer(x).float())
-    assert torch.equal(outs["1"][0], outs["1"][1])
-    assert float((outs["1"][0] - outs["0"][0]).abs().max()) <= 1e-6 * float(outs["0"][0].abs().max())
+        for value in values:
+            monkeypatch.setenv(var, value)
+            outs.append(layer(x).float())
+    return outs
+
+
+@pytest.mark.gpu
+def test_gpu_layer_with_side_streams_equals_sequential(monkeypatch):
+    on, off, again = tri_layer_outputs(monkeypatch, streams.ENV_VAR, ("1", "0", "1"), 32, 4)
+    assert torch.equal(on, again)
+    assert float((on - off).abs().max()) <= 1e-6 * float(off.abs().max())

@@ -15,9 +15,7 @@ the order needs it. Times are medians over CUDA events; GB/s counts one read of 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -27,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envvars import set_env  # noqa: E402
 
 from BraTSMambaLib.ssm import TriOrientedMamba, selective_scan  # noqa: E402
 from BraTSMambaLib.ssm.ops import causal_conv1d_silu, to_order  # noqa: E402
@@ -99,21 +99,6 @@ def time_ms(fn, device: torch.device, reps: int) -> tuple[float, float | None]:
     return statistics.median(times), peak
 
 
-@contextlib.contextmanager
-def env(values: dict[str, str]):
-    """The environment variables `values` inside the block."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def bench_stage(name: str, L: int, d: int, ns: int, args, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
     m = TriOrientedMamba(d, nslices=ns, scan_backend=args.backend).to(device).eval()
@@ -138,7 +123,7 @@ def bench_stage(name: str, L: int, d: int, ns: int, args, device: torch.device) 
 
     with torch.inference_mode(), amp:
         ref = previous_forward(m, h).float()
-        with env({ENV_VAR: "torch"}):
+        with set_env({ENV_VAR: "torch"}):
             off = m(h).float()
         new = m(h).float()
     for label, y in (("current, torch ops", off), ("current", new)):
@@ -147,12 +132,12 @@ def bench_stage(name: str, L: int, d: int, ns: int, args, device: torch.device) 
     del ref, off, new
 
     add("layer", "previous", lambda: previous_forward(m, h))
-    with env({ENV_VAR: "torch"}):
+    with set_env({ENV_VAR: "torch"}):
         add("layer", "current, torch ops", lambda: m(h))
     add("layer", "current", lambda: m(h))
     for backend in args.scan_backends:
         for streams in ("1", "0"):
-            with env({SCAN_ENV: backend, STREAMS_ENV: streams}):
+            with set_env({SCAN_ENV: backend, STREAMS_ENV: streams}):
                 add("layer", f"current, {backend} scan, streams {'on' if streams == '1' else 'off'}", lambda: m(h))
 
     E = m.d_inner

@@ -42,6 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from envvars import set_env  # noqa: E402
+
 from BraTSMambaLib.ssm import BACKENDS, backend_status, selective_scan  # noqa: E402
 from BraTSMambaLib.ssm.selective_scan import forward_only  # noqa: E402
 
@@ -235,16 +237,8 @@ def _measure(fn: Callable[[], None], device: torch.device, repeats: int) -> tupl
 
 def bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch.device, dtype: torch.dtype,
               repeats: int, backward: bool) -> Row:
-    saved = {k: os.environ.get(k) for k in (cand.env or {})}
-    os.environ.update(cand.env or {})
-    try:
+    with set_env(cand.env):
         return _bench_one(cand, stage, b, E, L, device, dtype, repeats, backward)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _bench_one(cand: Candidate, stage: int, b: int, E: int, L: int, device: torch.device, dtype: torch.dtype,

@@ -22,7 +22,6 @@ speed settings (precision, memory format, torch.compile, tiles per forward) agai
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -37,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from envvars import set_env  # noqa: E402
+
+from BraTSMambaLib.ssm.selective_scan import ENV_VAR as SCAN_ENV  # noqa: E402
 
 
 def build_package(name: str, out: Path, patch: tuple[int, int, int], tiny: bool = False) -> Path:
@@ -291,23 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def forced_scan_backend(name: str | None):
-    """BRATSMAMBA_SCAN_BACKEND=name for the block (None: leave it as it is)."""
-    from BraTSMambaLib.ssm.selective_scan import ENV_VAR
-
-    old = os.environ.get(ENV_VAR)
-    if name:
-        os.environ[ENV_VAR] = name
-    try:
-        yield
-    finally:
-        if name and old is None:
-            os.environ.pop(ENV_VAR, None)
-        elif name:
-            os.environ[ENV_VAR] = old
-
-
 def run_config(name: str, pkg: Path, case_dir: Path, tmp: Path, opts, args, results: dict, entry: dict):
     """Load the package with `opts`, warm up, time our pipeline; (model, result row)."""
     from BraTSMambaLib.inference.pipeline import load_model
@@ -376,7 +361,7 @@ def main(argv=None) -> int:
             opts = SegmentOptions(device=args.device, fast=args.fast, tta=args.tta, overlap=args.overlap, overwrite=True,
                                   **cfg)
             try:
-                with forced_scan_backend(scan):
+                with set_env({SCAN_ENV: scan} if scan else None):
                     model, row = run_config(name, pkg, case_dir, tmp, opts, args, results, entry)
             except Exception as e:  # noqa: BLE001 - one config failing must not lose the others
                 row = {"settings": cfg, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
