@@ -59,7 +59,7 @@ def test_env_var_unknown_name_raises(monkeypatch):
 
 
 def test_unknown_argument_raises():
-    with pytest.raises(BackendUnavailableError, match="choose one of auto, mamba_ssm, triton, c, torch, reference"):
+    with pytest.raises(BackendUnavailableError, match="choose one of auto, mamba_ssm, cuda, triton, c, torch, reference"):
         selective_scan(*_args(), backend="fast")
 
 

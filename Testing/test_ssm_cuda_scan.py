@@ -49,10 +49,16 @@ def test_forward_only_refuses_gradients():
     dict(ns=4, dtypes=(torch.float16,) * 4 + (torch.float32,) * 2, flags=(False, True, False, False),
          vec=(True, False), state_only=False),
     dict(ns=32, dtypes=(torch.bfloat16,) * 6, flags=(True, True, True, True), vec=(True, True), state_only=False),
+    dict(ns=16, dtypes=(torch.bfloat16,) * 6, flags=(True, False, True, True), vec=(True, True), state_only=False,
+         share=True),
+    dict(ns=16, dtypes=(torch.float32,) * 6, flags=(True, True, True, True), vec=(True, True), state_only=True,
+         share=True),
 ])
 def test_kernel_source_compiles_with_nvrtc(arch, variant):
+    share = variant.get("share", False)
     defines = cuda_scan._defines(variant["ns"], variant["dtypes"], *variant["flags"], variant["vec"],
-                                 variant["state_only"], not variant["state_only"], True)
+                                 variant["state_only"], not variant["state_only"], True,
+                                 cuda_scan.SHARED_WARPS if share else cuda_scan.WARPS, share)
     text = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + cuda_scan.SOURCE.read_text()
     cubin = nvrtc_build._compile(text, "cuda_scan_kernel", arch)
     assert cubin[:4] == b"\x7fELF" and b"scan_fwd" in cubin
@@ -81,6 +87,10 @@ GPU_CASES = {
     "odd_rows_and_length": _case(b=3, E=5, L=1001),
     "big_delta": _case(big_delta=True),
     "chunked": _case(b=1, E=4, L=9000),
+    # E/G a multiple of 16 rows: B and C go through shared memory (SHARE_BC)
+    "shared_bf16": _case(E=32, dtype="bfloat16", L=1000),
+    "shared_fp32_groups": _case(E=64, gB=2, gC=2, L=777),
+    "shared_chunked": _case(b=1, E=16, L=9000, dtype="bfloat16"),
 }
 TOL = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}
 
@@ -103,8 +113,24 @@ def test_gpu_cuda_matches_float64(name):
     assert last.shape == (case["b"], case["E"], case["N"]) and last.dtype == torch.float32
     assert rel(out, ref) < TOL[case["dtype"]], rel(out, ref)
     assert rel(last, last_ref) < TOL[case["dtype"]], rel(last, last_ref)
-    if name == "chunked":
+    if "chunked" in name:
         assert cuda_scan._chunks(case["b"] * case["E"], 16, case["L"]) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["shared_bf16", "shared_fp32_groups", "shared_chunked"])
+def test_gpu_shared_bc_path_is_taken_and_equals_the_per_lane_loads(name, monkeypatch):
+    case = GPU_CASES[name]
+    x = make_inputs(case, "cuda", seed=300)
+    args = {k: (x[k].detach() if x[k] is not None else None) for k in ("u", "delta", "A", "B", "C", "D", "z",
+                                                                       "delta_bias")}
+    Bg, Cg = cuda_scan._grouped(args["B"], args["C"], 16)
+    vec = (cuda_scan._vectorisable(Bg, 16), cuda_scan._vectorisable(Cg, 16))
+    assert cuda_scan._launch_shape(16, case["E"], Bg.shape[1], Bg, Cg, vec)[1]
+    shared = cuda_scan.selective_scan(**args, delta_softplus=True)
+    monkeypatch.setenv(cuda_scan.SHARE_ENV, "0")
+    assert not cuda_scan._launch_shape(16, case["E"], Bg.shape[1], Bg, Cg, vec)[1]
+    assert torch.equal(shared, cuda_scan.selective_scan(**args, delta_softplus=True))
 
 
 @pytest.mark.gpu

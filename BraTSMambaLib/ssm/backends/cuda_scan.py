@@ -38,10 +38,10 @@ LOG2E = 1.4426950408889634
 #: sequential lane needs several warps beside it to hide its latencies), the shortest chunk, and a forced
 #: number of chunks per row (BRATSMAMBA_SCAN_CUDA_CHUNKS, default auto). Cutting costs one state-only pass
 #: over the sequence whatever the number of chunks.
-WARPS = 1
+WARPS, SHARED_WARPS = 1, 8
 FILL_LANES = 132 * 24 * 32
 MIN_CHUNK = 512
-WARPS_ENV, CHUNKS_ENV = "BRATSMAMBA_SCAN_CUDA_WARPS", "BRATSMAMBA_SCAN_CUDA_CHUNKS"
+WARPS_ENV, CHUNKS_ENV, SHARE_ENV = "BRATSMAMBA_SCAN_CUDA_WARPS", "BRATSMAMBA_SCAN_CUDA_CHUNKS", "BRATSMAMBA_SCAN_CUDA_SHARE"
 _TYPES = {torch.float32: "float", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
@@ -77,10 +77,10 @@ def _probe(index: int) -> tuple[bool, str]:
 
 def _defines(ns: int, dtypes: tuple[torch.dtype, ...], has_d: bool, has_z: bool, has_bias: bool,
              softplus: bool, vec: tuple[bool, bool], state_only: bool, has_hinit: bool, write_last: bool,
-             warps: int = WARPS) -> dict[str, str]:
+             warps: int = WARPS, share: bool = False) -> dict[str, str]:
     u, dt, z, out, b, c = (_TYPES[t] for t in dtypes)
     flags = {"HAS_D": has_d, "HAS_Z": has_z, "HAS_BIAS": has_bias, "SOFTPLUS": softplus, "VEC_B": vec[0],
-             "VEC_C": vec[1], "STATE_ONLY": state_only, "HAS_HINIT": has_hinit, "WRITE_LAST": write_last}
+             "VEC_C": vec[1], "SHARE_BC": share, "STATE_ONLY": state_only, "HAS_HINIT": has_hinit, "WRITE_LAST": write_last}
     return {"NS": str(ns), "WARPS": str(warps), "T_U": u, "T_DT": dt, "T_Z": z, "T_OUT": out, "T_B": b, "T_C": c,
             **{k: str(int(v)) for k, v in flags.items()}}
 
@@ -128,11 +128,22 @@ def _env_int(name: str, default: int | None) -> int | None:
     return int(v)
 
 
-def _warps() -> int:
-    w = _env_int(WARPS_ENV, WARPS)
-    if w > 32:
-        raise ValueError(f"{WARPS_ENV}={w}: at most 32 warps per block")
-    return w
+def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, vec: tuple[bool, bool]
+                  ) -> tuple[int, bool]:
+    """(warps per block, whether the block shares B and C through shared memory). Sharing needs every
+    row of a block in one batch and group, 16-byte rows and a thread per word of a block of positions;
+    BRATSMAMBA_SCAN_CUDA_SHARE=0 turns it off, BRATSMAMBA_SCAN_CUDA_WARPS sets the warps."""
+    share_env = os.environ.get(SHARE_ENV, "").strip() or "1"
+    if share_env not in ("0", "1"):
+        raise ValueError(f"{SHARE_ENV}={share_env!r}: expected 0 or 1")
+    words = ns * ns * (Bg.element_size() + Cg.element_size()) // 16
+    forced = _env_int(WARPS_ENV, None)
+    warps = forced or SHARED_WARPS
+    if forced is not None and warps > 32:
+        raise ValueError(f"{WARPS_ENV}={warps}: at most 32 warps per block")
+    share = (share_env == "1" and all(vec) and min(Bg.element_size(), Cg.element_size()) * ns >= 16
+             and 32 * warps >= words and (E // G) % (warps * (32 // ns)) == 0)
+    return (warps if share or forced is not None else WARPS), share
 
 
 def _chunks(rows: int, ns: int, L: int) -> int:
@@ -185,7 +196,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     dtypes = (u_.dtype, dt_.dtype, (z_ if z_ is not None else u_).dtype, out.dtype, Bg.dtype, Cg.dtype)
     vec = (_vectorisable(Bg, ns), _vectorisable(Cg, ns))
     G = Bg.shape[1]
-    warps = _warps()
+    warps, share = _launch_shape(ns, E, G, Bg, Cg, vec)
     rows_per_block = warps * (32 // ns)
     grid = (-(-rows // rows_per_block), nchunks, 1)
     block = (32 * warps, 1, 1)
@@ -195,7 +206,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     def defines(state_only: bool, has_hinit: bool) -> dict[str, str]:
         return _defines(ns, dtypes, D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
-                        vec, state_only, has_hinit, last is not None and not state_only, warps)
+                        vec, state_only, has_hinit, last is not None and not state_only, warps, share)
 
     def scan(defs: dict[str, str], h_init, cstate, cdsum) -> None:
         launch(_kernel(defs, u.device), grid, block, [_p(u_), _p(dt_), _p(z_), _p(out), _p(A2), _p(Bg), _p(Cg),

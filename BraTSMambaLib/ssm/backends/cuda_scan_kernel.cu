@@ -14,8 +14,9 @@
 // (cuda_scan.py) and the full pass starts each chunk from h_init.
 //
 // Set by the host before this text: NS (states = lanes per row, power of two <= 32), WARPS (per block), T_U, T_DT, T_Z,
-// T_OUT, T_B, T_C (float, bf16 or f16), HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, VEC_B, VEC_C, STATE_ONLY,
-// HAS_HINIT, WRITE_LAST.
+// T_OUT, T_B, T_C (float, bf16 or f16), HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, VEC_B, VEC_C, SHARE_BC (every row
+// of a block in one batch and B/C group, B and C rows 16-byte aligned, enough threads to load a block of
+// positions: one word each), STATE_ONLY, HAS_HINIT, WRITE_LAST.
 
 struct bf16 { unsigned short x; };
 struct f16 { unsigned short x; };
@@ -97,6 +98,11 @@ __device__ __forceinline__ void load_tail(const T* __restrict__ p, long long t0,
     for (int j = 0; j < NS; ++j) out[j] = (t0 + j < end) ? to_f(p[t0 + j]) : 0.f;
 }
 
+__device__ __forceinline__ void multiply(float (&p)[NS], const float (&c)[NS]) {
+#pragma unroll
+    for (int j = 0; j < NS; ++j) p[j] *= c[j];
+}
+
 // Transposed butterfly over the NS lanes of a row: after the step of offset O, lane n keeps the half of
 // its values whose position has bit O equal to its own, summed with its partner's; at the end p[0] of
 // lane n is the sum over the lanes of position n.
@@ -112,7 +118,8 @@ __device__ __forceinline__ void butterfly(float (&p)[NS], int n) {
     if constexpr (O > 1) butterfly<O / 2>(p, n);
 }
 
-extern "C" __global__ void scan_fwd(
+// 24 warps per SM: enough for the sequential lanes to hide each other's latencies (at most 85 registers).
+extern "C" __global__ void __launch_bounds__(32 * WARPS, (24 + WARPS - 1) / WARPS) scan_fwd(
     const T_U* __restrict__ u, const T_DT* __restrict__ dt, const T_Z* __restrict__ z, T_OUT* __restrict__ out,
     const float* __restrict__ A2, const T_B* __restrict__ Bm, const T_C* __restrict__ Cm,
     const float* __restrict__ Dv, const float* __restrict__ bias,
@@ -159,7 +166,8 @@ extern "C" __global__ void scan_fwd(
     T_OUT* op = out + row * L;
 
     // One block of NS positions from t0: lane n's own position t0+n (u, raw delta, z), B and C of its state.
-    auto block = [&](long long t0, float uv, float draw, float zv, const float (&bv)[NS], const float (&cv)[NS]) {
+    // c_of(p) multiplies each p[j] by C of position t0+j of the lane's state.
+    auto block = [&](long long t0, float uv, float draw, float zv, const float (&bv)[NS], auto&& c_of) {
         const long long t = t0 + n;
         const bool valid = t < end;
         float dl = 0.f;
@@ -175,10 +183,11 @@ extern "C" __global__ void scan_fwd(
 #pragma unroll
         for (int j = 0; j < NS; ++j) {
             h = fmaf(fast_exp2(a2 * my_dl[j]), h, my_dlu[j] * bv[j]);
-            p[j] = h * cv[j];
+            p[j] = h;
         }
         __syncwarp();
         if (!STATE_ONLY) {
+            c_of(p);
             if constexpr (NS > 1) butterfly<NS / 2>(p, n);
             if (valid && row_ok) {
                 float y = p[0];
@@ -190,16 +199,85 @@ extern "C" __global__ void scan_fwd(
     };
 
     const long long nfull = (end - start) / NS;
-    {
+    T_U ru{}, nu{};
+    T_DT rd{}, nd{};
+    T_Z rz{}, nz{};
+    auto fetch_own = [&](long long t0, T_U& u_, T_DT& d_, T_Z& z_) {   // lane n's position t0+n
+        u_ = up[t0 + n];
+        d_ = dp[t0 + n];
+        if (HAS_Z) z_ = zp[t0 + n];
+    };
+    auto rotate = [&]() {
+        ru = nu;
+        rd = nd;
+        rz = nz;
+    };
+    if constexpr (SHARE_BC) {
+        // All rows of the block share one (batch, group): B and C of a block of positions are loaded once
+        // per thread block (one 16-byte word per loading thread, the next block's word held in a register)
+        // into shared memory, double-buffered, where each lane reads its state's row.
+        constexpr int WB = NS * (int)sizeof(T_B) / 16, WC = NS * (int)sizeof(T_C) / 16;   // words per state row
+        constexpr int EB = 16 / (int)sizeof(T_B), EC = 16 / (int)sizeof(T_C);            // elements per word
+        __shared__ __align__(16) float sB[2][NS][NS + 4];
+        __shared__ __align__(16) float sC[2][NS][NS + 4];
+        const int li = threadIdx.x;
+        const bool loads_b = li < NS * WB;
+        const bool loads_c = !STATE_ONLY && !loads_b && li < NS * WB + NS * WC;
+        const int lc = li - NS * WB;
+        const T_B* Bw = Bm + b * sB_b + g * sB_g + (loads_b ? (li / WB) * sB_n + (li % WB) * EB : 0);
+        const T_C* Cw = Cm + b * sC_b + g * sC_g + (loads_c ? (lc / WC) * sC_n + (lc % WC) * EC : 0);
+        auto word = [&](long long t0) -> uint4 {
+            uint4 w{};
+            if (loads_b) w = __ldg(reinterpret_cast<const uint4*>(Bw + t0));
+            else if (loads_c) w = __ldg(reinterpret_cast<const uint4*>(Cw + t0));
+            return w;
+        };
+        auto put = [&](int buf, uint4 w) {
+            if (loads_b) {
+                const T_B* e = reinterpret_cast<const T_B*>(&w);
+#pragma unroll
+                for (int i = 0; i < EB; ++i) sB[buf][li / WB][(li % WB) * EB + i] = to_f(e[i]);
+            } else if (loads_c) {
+                const T_C* e = reinterpret_cast<const T_C*>(&w);
+#pragma unroll
+                for (int i = 0; i < EC; ++i) sC[buf][lc / WC][(lc % WC) * EC + i] = to_f(e[i]);
+            }
+        };
+        if (nfull > 0) {
+            put(0, word(start));
+            fetch_own(start, ru, rd, rz);
+        }
+        __syncthreads();
+        for (long long k = 0; k < nfull; ++k) {
+            const long long t0 = start + k * NS;
+            const int buf = (int)(k & 1);
+            uint4 next{};
+            if (k + 1 < nfull) {
+                next = word(t0 + NS);
+                fetch_own(t0 + NS, nu, nd, nz);
+            }
+            float bv[NS];
+#pragma unroll
+            for (int j = 0; j < NS; j += 4) {
+                const float4 x = *reinterpret_cast<const float4*>(&sB[buf][n][j]);
+                bv[j] = x.x; bv[j + 1] = x.y; bv[j + 2] = x.z; bv[j + 3] = x.w;
+            }
+            block(t0, to_f(ru), to_f(rd), HAS_Z ? to_f(rz) : 0.f, bv, [&](float (&p)[NS]) {
+#pragma unroll
+                for (int j = 0; j < NS; j += 4) {
+                    const float4 y = *reinterpret_cast<const float4*>(&sC[buf][n][j]);
+                    p[j] *= y.x; p[j + 1] *= y.y; p[j + 2] *= y.z; p[j + 3] *= y.w;
+                }
+            });
+            if (k + 1 < nfull) put(buf ^ 1, next);
+            __syncthreads();
+            rotate();
+        }
+    } else {
         Row<T_B, VEC_B> rb, nb;
         Row<T_C, VEC_C> rc, nc;
-        T_U ru{}, nu{};
-        T_DT rd{}, nd{};
-        T_Z rz{}, nz{};
         auto fetch = [&](long long t0, Row<T_B, VEC_B>& B_, Row<T_C, VEC_C>& C_, T_U& u_, T_DT& d_, T_Z& z_) {
-            u_ = up[t0 + n];
-            d_ = dp[t0 + n];
-            if (HAS_Z) z_ = zp[t0 + n];
+            fetch_own(t0, u_, d_, z_);
             B_.load(Bp, t0);
             if (!STATE_ONLY) C_.load(Cp, t0);
         };
@@ -210,16 +288,10 @@ extern "C" __global__ void scan_fwd(
             float bv[NS], cv[NS];
             rb.values(bv);
             if (!STATE_ONLY) rc.values(cv);
-            else {
-#pragma unroll
-                for (int j = 0; j < NS; ++j) cv[j] = 0.f;
-            }
-            block(t0, to_f(ru), to_f(rd), HAS_Z ? to_f(rz) : 0.f, bv, cv);
+            block(t0, to_f(ru), to_f(rd), HAS_Z ? to_f(rz) : 0.f, bv, [&](float (&p)[NS]) { multiply(p, cv); });
             rb = nb;
             rc = nc;
-            ru = nu;
-            rd = nd;
-            rz = nz;
+            rotate();
         }
     }
     const long long tail = start + nfull * NS;
@@ -229,12 +301,8 @@ extern "C" __global__ void scan_fwd(
         float bv[NS], cv[NS];
         load_tail(Bp, tail, end, bv);
         if (!STATE_ONLY) load_tail(Cp, tail, end, cv);
-        else {
-#pragma unroll
-            for (int j = 0; j < NS; ++j) cv[j] = 0.f;
-        }
         block(tail, valid ? to_f(up[t]) : 0.f, valid ? to_f(dp[t]) : 0.f, (HAS_Z && valid) ? to_f(zp[t]) : 0.f,
-              bv, cv);
+              bv, [&](float (&p)[NS]) { multiply(p, cv); });
     }
     if (STATE_ONLY) {   // each lane summed the deltas of its own positions: add up the row's lanes
 #pragma unroll

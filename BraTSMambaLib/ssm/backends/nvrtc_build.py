@@ -20,8 +20,9 @@ import torch
 
 from BraTSMambaLib.cache import cache_dir
 
-#: NVRTC flags: -O3 is NVRTC's default; fast math lets exp/log be the hardware approximations.
-FLAGS: tuple[str, ...] = ("--use_fast_math", "-std=c++17")
+#: NVRTC flags: -O3 is NVRTC's default; fast math lets exp/log be the hardware approximations; functions
+#: without an execution space (generic lambdas) are device functions.
+FLAGS: tuple[str, ...] = ("--use_fast_math", "-std=c++17", "-default-device")
 
 
 class NvrtcError(RuntimeError):
