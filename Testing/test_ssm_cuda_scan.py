@@ -87,10 +87,11 @@ GPU_CASES = {
     "odd_rows_and_length": _case(b=3, E=5, L=1001),
     "big_delta": _case(big_delta=True),
     "chunked": _case(b=1, E=4, L=9000),
-    # E/G a multiple of 16 rows: B and C go through shared memory (SHARE_BC)
+    # bf16, E/G a multiple of 16 rows: B and C go through shared memory (SHARE_BC)
     "shared_bf16": _case(E=32, dtype="bfloat16", L=1000),
-    "shared_fp32_groups": _case(E=64, gB=2, gC=2, L=777),
+    "shared_bf16_groups": _case(E=64, gB=2, gC=2, L=776, dtype="bfloat16"),
     "shared_chunked": _case(b=1, E=16, L=9000, dtype="bfloat16"),
+    "fp32_rows_of_16": _case(E=64, gB=2, gC=2, L=776),   # fp32: per-lane loads
 }
 TOL = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}
 
@@ -118,7 +119,7 @@ def test_gpu_cuda_matches_float64(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["shared_bf16", "shared_fp32_groups", "shared_chunked"])
+@pytest.mark.parametrize("name", ["shared_bf16", "shared_bf16_groups", "shared_chunked"])
 def test_gpu_shared_bc_path_is_taken_and_equals_the_per_lane_loads(name, monkeypatch):
     case = GPU_CASES[name]
     x = make_inputs(case, "cuda", seed=300)
@@ -131,6 +132,18 @@ def test_gpu_shared_bc_path_is_taken_and_equals_the_per_lane_loads(name, monkeyp
     monkeypatch.setenv(cuda_scan.SHARE_ENV, "0")
     assert not cuda_scan._launch_shape(16, case["E"], Bg.shape[1], Bg, Cg, vec)[1]
     assert torch.equal(shared, cuda_scan.selective_scan(**args, delta_softplus=True))
+
+
+def test_shared_bc_only_for_bf16_rows_of_whole_blocks():
+    def shape(E, G, dtype, L=1024):
+        B = torch.zeros(2, G, 16, L, dtype=dtype)
+        vec = (cuda_scan._vectorisable(B, 16),) * 2
+        return cuda_scan._launch_shape(16, E, G, B, B, vec)
+
+    assert shape(96, 1, torch.bfloat16) == (cuda_scan.SHARED_WARPS, True)
+    assert shape(96, 1, torch.float32) == (cuda_scan.WARPS, False)
+    assert shape(40, 1, torch.bfloat16) == (cuda_scan.WARPS, False)    # 16-row blocks would straddle batches
+    assert not shape(96, 1, torch.bfloat16, L=1001)[1]                 # rows not 16-byte aligned
 
 
 @pytest.mark.gpu

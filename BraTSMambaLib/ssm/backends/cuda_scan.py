@@ -132,7 +132,8 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
                   ) -> tuple[int, bool]:
     """(warps per block, whether the block shares B and C through shared memory). Sharing needs every
     row of a block in one batch and group, 16-byte rows and a thread per word of a block of positions;
-    BRATSMAMBA_SCAN_CUDA_SHARE=0 turns it off, BRATSMAMBA_SCAN_CUDA_WARPS sets the warps."""
+    it is taken for bf16 B and C (autocast's, the case measured and tested on a GPU), per-lane loads
+    otherwise. BRATSMAMBA_SCAN_CUDA_SHARE=0 turns it off, BRATSMAMBA_SCAN_CUDA_WARPS sets the warps."""
     share_env = os.environ.get(SHARE_ENV, "").strip() or "1"
     if share_env not in ("0", "1"):
         raise ValueError(f"{SHARE_ENV}={share_env!r}: expected 0 or 1")
@@ -141,7 +142,7 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
     warps = forced or SHARED_WARPS
     if forced is not None and warps > 32:
         raise ValueError(f"{WARPS_ENV}={warps}: at most 32 warps per block")
-    share = (share_env == "1" and all(vec) and min(Bg.element_size(), Cg.element_size()) * ns >= 16
+    share = (share_env == "1" and all(vec) and Bg.dtype == Cg.dtype == torch.bfloat16 and 2 * ns >= 16
              and 32 * warps >= words and (E // G) % (warps * (32 // ns)) == 0)
     return (warps if share or forced is not None else WARPS), share
 

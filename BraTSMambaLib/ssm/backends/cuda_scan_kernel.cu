@@ -118,8 +118,14 @@ __device__ __forceinline__ void butterfly(float (&p)[NS], int n) {
     if constexpr (O > 1) butterfly<O / 2>(p, n);
 }
 
-// 24 warps per SM: enough for the sequential lanes to hide each other's latencies (at most 85 registers).
-extern "C" __global__ void __launch_bounds__(32 * WARPS, (24 + WARPS - 1) / WARPS) scan_fwd(
+// Shared B/C: 24 warps per SM, enough for the sequential lanes to hide each other's latencies (at most 85
+// registers; measured faster). The per-lane path measured slower under the same bound and keeps none.
+#if SHARE_BC
+#define SCAN_BOUNDS __launch_bounds__(32 * WARPS, (24 + WARPS - 1) / WARPS)
+#else
+#define SCAN_BOUNDS
+#endif
+extern "C" __global__ void SCAN_BOUNDS scan_fwd(
     const T_U* __restrict__ u, const T_DT* __restrict__ dt, const T_Z* __restrict__ z, T_OUT* __restrict__ out,
     const float* __restrict__ A2, const T_B* __restrict__ Bm, const T_C* __restrict__ Cm,
     const float* __restrict__ Dv, const float* __restrict__ bias,
