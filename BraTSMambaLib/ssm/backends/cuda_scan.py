@@ -7,10 +7,12 @@ only what PyTorch's CUDA wheels ship: NVRTC compiles it on first use (no toolkit
 `nvrtc_build`), the driver loads it. The 16 lanes of a row each hold one state in a register
 (`cuda_scan_kernel.cu`); each block of 16 positions is loaded once (the next block's loads issued before
 this one's arithmetic), every exp(delta A) is computed once, and a transposed butterfly over the lanes
-gives each lane the output of one position. Rows are cut into chunks (a state-only pass, a join of the
+gives each lane the output of one position; for bf16 B and C the 16 rows of a block share each block
+of positions' B and C through shared memory. Rows are cut into chunks (a state-only pass, a join of the
 chunks' states, then the output pass) when there are too few rows to fill the GPU. On an H200 at
-SegMamba's shapes it runs as fast as the Triton kernel (docs/performance.md), so `auto` prefers Triton
-where it works (its layer ops need it anyway) and takes this one before the `torch` backend.
+SegMamba's shapes it is up to 1.14x faster than the Triton kernel (stages 0-2; slower at stage 3) and a
+whole case 3 % faster (docs/performance.md); `auto` still prefers Triton where it works (its layer ops
+need it anyway) and takes this one before the `torch` backend.
 
 Forward only (`FORWARD_ONLY`): `auto` never picks it when autograd records the scan, and forcing it
 then raises. Up to 32 states (a state count that is not a power of two is padded with zero states).
