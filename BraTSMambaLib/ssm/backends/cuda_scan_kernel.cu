@@ -3,18 +3,20 @@
 // One lane per (row, state): a row (batch, channel) is walked sequentially by NS = N lanes, lane n
 // holding state h[n] in a register. The sequence is taken NS positions at a time: lane n loads
 // position t0+n of u and delta (coalesced), computes softplus(delta + bias) and delta*u for it and
-// shares both through shared memory; it loads B[n] and C[n] for the NS positions with vector loads.
+// shares both through shared memory; it loads B[n] and C[n] for the NS positions with vector loads, or
+// (SHARE_BC) reads them from shared memory, where the block's rows share one load of each block of
+// positions. The next block's loads are issued before this block's arithmetic.
 // Then NS steps of h = exp2(A2 dl) h + dl u B, each keeping p_j = C_j h; a transposed butterfly over
 // the NS lanes (NS-1 shuffles for NS positions) leaves y at position t0+n in lane n, which adds D u,
 // gates with silu(z) and writes it (coalesced). Every exponential is one ex2.approx (no table of
 // exp(delta A) is stored) and each input is read once.
 //
 // A row can be cut into chunks (blockIdx.y) to fill the GPU when there are few rows: STATE_ONLY runs
-// a chunk from a zero state and writes only its end state and summed delta; the host joins the chunks
-// (cuda_scan.py) and the full pass starts each chunk from h_init.
+// a chunk from a zero state and writes only its end state and summed delta; `join_chunks` runs the
+// recurrence over the chunks and the full pass starts each chunk from h_init.
 //
-// Set by the host before this text: NS (states = lanes per row, power of two <= 32), WARPS (per block), T_U, T_DT, T_Z,
-// T_OUT, T_B, T_C (float, bf16 or f16), HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, VEC_B, VEC_C, SHARE_BC (every row
+// Set by the host before this text: NS (states = lanes per row, power of two <= 32), WARPS (per block),
+// T_U, T_DT, T_Z, T_OUT, T_B, T_C (float, bf16 or f16), HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, VEC_B, VEC_C, SHARE_BC (every row
 // of a block in one batch and B/C group, B and C rows 16-byte aligned, enough threads to load a block of
 // positions: one word each), STATE_ONLY, HAS_HINIT, WRITE_LAST.
 
