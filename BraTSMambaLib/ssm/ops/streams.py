@@ -31,8 +31,10 @@ def _side_streams(device: torch.device, count: int) -> tuple[torch.cuda.Stream, 
 
 def concurrently(device: torch.device, *fns: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
     """[fn() for fn in fns], the first on the current stream and the others on side streams of `device`
-    (when it is CUDA and streams are enabled); every result is safe to use on the current stream."""
-    if device.type != "cuda" or len(fns) < 2 or not streams_enabled():
+    (when it is CUDA and streams are enabled); every result is safe to use on the current stream. While
+    torch.compile traces or a CUDA graph is captured the pieces run in order on the current stream."""
+    if (device.type != "cuda" or len(fns) < 2 or not streams_enabled() or torch.compiler.is_compiling()
+            or torch.cuda.is_current_stream_capturing()):
         return [fn() for fn in fns]
     current = torch.cuda.current_stream(device)
     sides = _side_streams(device, len(fns) - 1)
