@@ -423,17 +423,16 @@ def segment_batch(
             if pipeline and k < len(todo) and todo[k] not in reads:
                 reads[todo[k]] = reader.submit(read_case, plan[todo[k]][0])
 
+        order = {i: k for k, i in enumerate(todo)}
         pending = None
-        nxt = 0
         for i, (folder, case_id, skip) in enumerate(plan):
             if skip:
                 settle(pending)
                 pending = None
                 finish(i, "skipped, outputs complete")
                 continue
-            nxt += 1
-            prefetch(nxt - 1)
-            prefetch(nxt)
+            prefetch(order[i])
+            prefetch(order[i] + 1)
             tell = case_progress(i)
             t_start = time.perf_counter()
             try:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from BraTSMambaLib.errors import BackendUnavailableError
+from BraTSMambaLib.ssm.backends.groups import common_groups
 from BraTSMambaLib.ssm.ops.dispatch import records_grad
 
 NAME = "c"
@@ -83,13 +83,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     N = A.shape[1]
     if N > MAX_STATES:
         raise BackendUnavailableError(f"scan backend 'c' handles at most {MAX_STATES} states (got {N})")
-    Bg = B if B.dim() == 4 else B.unsqueeze(1)
-    Cg = C if C.dim() == 4 else C.unsqueeze(1)
+    Bg, Cg = common_groups(B, C)   # the kernel takes one group count
     G = Bg.shape[1]
-    if Cg.shape[1] != G:  # the kernel takes one group count: repeat the coarser one
-        G = math.lcm(Bg.shape[1], Cg.shape[1])
-        Bg = Bg.repeat_interleave(G // Bg.shape[1], dim=1)
-        Cg = Cg.repeat_interleave(G // Cg.shape[1], dim=1)
     rows_dtype = torch.bfloat16 if all(t is None or t.dtype == torch.bfloat16 for t in (u, delta, z)) \
         else torch.float32                       # autocast's bf16 rows are read as they are, else float32
     u_, dl_ = u.to(rows_dtype).contiguous(), delta.to(rows_dtype).contiguous()

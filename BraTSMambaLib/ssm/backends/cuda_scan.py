@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
-import os
 from pathlib import Path
 
 import torch
 
 from BraTSMambaLib.errors import BackendUnavailableError
+from BraTSMambaLib.ssm.backends.groups import common_groups
 from BraTSMambaLib.ssm.ops.dispatch import records_grad
+from BraTSMambaLib.ssm.settings import env_int, env_switch
 
 NAME = "cuda"
 FORWARD_ONLY = True
@@ -108,26 +108,12 @@ def _vectorisable(t: torch.Tensor, ns: int) -> bool:
 
 def _grouped(B: torch.Tensor, C: torch.Tensor, ns: int) -> tuple[torch.Tensor, torch.Tensor]:
     """B and C as (batch, G, NS, L) with one group count, states padded with zeros to NS."""
-    Bg = B if B.dim() == 4 else B.unsqueeze(1)
-    Cg = C if C.dim() == 4 else C.unsqueeze(1)
-    if Bg.shape[1] != Cg.shape[1]:
-        G = math.lcm(Bg.shape[1], Cg.shape[1])
-        Bg = Bg.repeat_interleave(G // Bg.shape[1], dim=1)
-        Cg = Cg.repeat_interleave(G // Cg.shape[1], dim=1)
+    Bg, Cg = common_groups(B, C)
     pad = ns - Bg.shape[2]
     if pad:
         Bg = torch.nn.functional.pad(Bg, (0, 0, 0, pad))
         Cg = torch.nn.functional.pad(Cg, (0, 0, 0, pad))
     return _rows_dtype(Bg), _rows_dtype(Cg)
-
-
-def _env_int(name: str, default: int | None) -> int | None:
-    v = os.environ.get(name, "").strip().lower()
-    if v in ("", "auto"):
-        return default
-    if not v.isdigit() or int(v) < 1:
-        raise ValueError(f"{name}={v!r}: expected a positive integer or auto")
-    return int(v)
 
 
 def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, vec: tuple[bool, bool]
@@ -136,15 +122,12 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
     row of a block in one batch and group, 16-byte rows and a thread per word of a block of positions;
     it is taken for bf16 B and C (autocast's, the case measured and tested on a GPU), per-lane loads
     otherwise. BRATSMAMBA_SCAN_CUDA_SHARE=0 turns it off, BRATSMAMBA_SCAN_CUDA_WARPS sets the warps."""
-    share_env = os.environ.get(SHARE_ENV, "").strip() or "1"
-    if share_env not in ("0", "1"):
-        raise ValueError(f"{SHARE_ENV}={share_env!r}: expected 0 or 1")
     words = ns * ns * (Bg.element_size() + Cg.element_size()) // 16
-    forced = _env_int(WARPS_ENV, None)
+    forced = env_int(WARPS_ENV, None)
     warps = forced or SHARED_WARPS
     if forced is not None and warps > 32:
         raise ValueError(f"{WARPS_ENV}={warps}: at most 32 warps per block")
-    share = (share_env == "1" and all(vec) and Bg.dtype == Cg.dtype == torch.bfloat16 and 2 * ns >= 16
+    share = (env_switch(SHARE_ENV) and all(vec) and Bg.dtype == Cg.dtype == torch.bfloat16 and 2 * ns >= 16
              and 32 * warps >= words and (E // G) % (warps * (32 // ns)) == 0)
     return (warps if share or forced is not None else WARPS), share
 
@@ -152,7 +135,7 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
 def _chunks(rows: int, ns: int, L: int) -> int:
     """Chunks per row: 1 when rows x lanes fill the GPU, else enough to fill it with >= MIN_CHUNK positions
     (or BRATSMAMBA_SCAN_CUDA_CHUNKS)."""
-    forced = _env_int(CHUNKS_ENV, None)
+    forced = env_int(CHUNKS_ENV, None, auto=True)
     if forced is not None:
         return max(1, min(forced, -(-L // ns)))
     lanes = rows * ns

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from BraTSMambaLib.cache import cache_dir
@@ -85,19 +84,18 @@ def load_library(source: Path) -> ctypes.CDLL:
 
 
 def _compile(cc: str, source: Path, flags: tuple[str, ...], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+    from BraTSMambaLib.data.io import atomic_path
+    from BraTSMambaLib.errors import BraTSInputError
+
     try:
-        cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, str(source)]
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise NativeBuildError(f"{' '.join(cmd)}: {e}") from e
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["no message"])[-1]
-            raise NativeBuildError(f"{Path(cc).name} {' '.join(flags)} could not compile {source.name}: {last}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_path(target, overwrite=True) as tmp:
+            cmd = [cc, *flags, "-shared", "-fPIC", "-o", str(tmp), str(source)]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise NativeBuildError(f"{' '.join(cmd)}: {e}") from e
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+                raise NativeBuildError(f"{Path(cc).name} {' '.join(flags)} could not compile {source.name}: {last}")
+    except BraTSInputError as e:
+        raise NativeBuildError(f"cannot write {target}: {e}") from e

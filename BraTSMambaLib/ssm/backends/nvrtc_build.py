@@ -12,8 +12,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -89,18 +87,6 @@ def _compile(source: str, name: str, arch: str) -> bytes:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cubin(source: Path, defines: dict[str, str], device: torch.device) -> bytes:
     """The compiled variant of `source` with `defines` for `device`'s architecture (cached on disk)."""
     major, minor = torch.cuda.get_device_capability(device)
@@ -112,7 +98,14 @@ def cubin(source: Path, defines: dict[str, str], device: torch.device) -> bytes:
     if path.is_file():
         return path.read_bytes()
     data = _compile(text, source.stem, arch)
-    _write_atomic(path, data)
+    from BraTSMambaLib.data.io import atomic_path
+    from BraTSMambaLib.errors import BraTSInputError
+
+    try:
+        with atomic_path(path, overwrite=True) as tmp:
+            tmp.write_bytes(data)
+    except (OSError, BraTSInputError) as e:
+        raise NvrtcError(f"cannot cache the compiled kernel in {path.parent}: {e}") from e
     return data
 
 

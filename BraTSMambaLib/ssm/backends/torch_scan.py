@@ -38,6 +38,9 @@ import os
 import torch
 import torch.nn.functional as F
 
+from BraTSMambaLib.ssm.backends.groups import common_groups
+from BraTSMambaLib.ssm.settings import env_int
+
 NAME = "torch"
 
 #: Chunk length c: positions covered by one block's Python step loop.
@@ -71,26 +74,9 @@ def is_available(device: torch.device | str | None = None) -> tuple[bool, str]:
     return True, "pure PyTorch (chunked two-pass scan), any device"
 
 
-def _env_int(name: str, default: int) -> int:
-    v = os.environ.get(name, "").strip()
-    if not v:
-        return default
-    try:
-        n = int(v, 0)
-    except ValueError:
-        try:
-            n = int(float(v))
-        except ValueError:
-            raise ValueError(f"{name}={v!r}: expected a positive integer (e.g. 32, 4194304, 0x400000 or 4e6)") \
-                from None
-    if n < 1:
-        raise ValueError(f"{name}={v!r}: expected a positive integer")
-    return n
-
-
 def chunk_len() -> int:
     """Chunk length c (BRATSMAMBA_SCAN_TORCH_CHUNK, else CHUNK)."""
-    return _env_int(CHUNK_ENV, CHUNK)
+    return env_int(CHUNK_ENV, CHUNK)
 
 
 def forward_mode(device: torch.device) -> str:
@@ -119,19 +105,19 @@ _STEP_CAP: int | None = None          # step-slice cap while CPU thread parts ru
 
 
 def _step_elements(device: torch.device) -> int:
-    n = _env_int(STEP_ENV, STEP_ELEMENTS)
+    n = env_int(STEP_ENV, STEP_ELEMENTS)
     return min(n, _STEP_CAP) if _STEP_CAP else n
 
 
 def _block_elements(device: torch.device) -> int:
     """Elements of one whole-block tensor in the block schedule."""
     if device.type == "cpu":
-        n = _env_int(BLOCK_ENV, BLOCK_ELEMENTS_CPU)
+        n = env_int(BLOCK_ENV, BLOCK_ELEMENTS_CPU)
         return min(n, _STEP_CAP * chunk_len()) if _STEP_CAP else n
     if os.environ.get(BLOCK_ENV, "").strip():
-        return _env_int(BLOCK_ENV, BLOCK_ELEMENTS_ACCEL)
+        return env_int(BLOCK_ENV, BLOCK_ELEMENTS_ACCEL)
     if os.environ.get(STEP_ENV, "").strip():
-        return _env_int(STEP_ENV, 1) * chunk_len()
+        return env_int(STEP_ENV, 1) * chunk_len()
     n = BLOCK_ELEMENTS_ACCEL if device.type != "mps" else min(BLOCK_ELEMENTS_ACCEL, 1 << 28)
     free = _free_bytes(device)
     if free:
@@ -231,7 +217,7 @@ def _carries(S: torch.Tensor, A2: torch.Tensor, e: torch.Tensor, s0: torch.Tenso
             if k + 1 < m:
                 s = torch.addcmul(e[:, :, k], whole[:, :, k], s)
         return out
-    g = max(2, _env_int(CARRY_ENV, CARRY_GROUP))
+    g = max(2, env_int(CARRY_ENV, CARRY_GROUP))
     m1 = -(-m // g)
     pad = m1 * g - m
     if pad:
@@ -299,11 +285,9 @@ def _unlayout(t5: torch.Tensor) -> torch.Tensor:
 
 
 def _groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """B and C with a common group count (B and C may be grouped differently)."""
-    if B.shape[1] == C.shape[1]:
-        return B, C, B.shape[1]
-    G = math.lcm(B.shape[1], C.shape[1])
-    return B.repeat_interleave(G // B.shape[1], 1), C.repeat_interleave(G // C.shape[1], 1), G
+    """B and C with a common group count (B and C may be grouped differently), and that count."""
+    B, C = common_groups(B, C)
+    return B, C, B.shape[1]
 
 
 def _buffer(ws: dict | None, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -9,13 +9,13 @@ triton is imported only when a scan runs or availability is asked.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 
 from BraTSMambaLib.errors import BackendUnavailableError
+from BraTSMambaLib.ssm.backends.groups import common_groups
 
 NAME = "triton"
 
@@ -327,11 +327,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cfg
     ):
         squeeze_B, squeeze_C = B.dim() == 3, C.dim() == 3
-        Bk = (B.unsqueeze(1) if squeeze_B else B).contiguous()
-        Ck = (C.unsqueeze(1) if squeeze_C else C).contiguous()
-        G = math.lcm(Bk.shape[1], Ck.shape[1])
-        Bk = Bk.repeat_interleave(G // Bk.shape[1], 1) if Bk.shape[1] != G else Bk
-        Ck = Ck.repeat_interleave(G // Ck.shape[1], 1) if Ck.shape[1] != G else Ck
+        Bk, Ck = (t.contiguous() for t in common_groups(B, C))
         uc, dc, Ac = u.contiguous(), delta.contiguous(), A.contiguous().float()
         Dc = D.contiguous().float() if D is not None else None
         zc = z.contiguous() if z is not None else None

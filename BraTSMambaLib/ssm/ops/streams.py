@@ -8,20 +8,18 @@ without autograd (inference); BRATSMAMBA_LAYER_STREAMS=0 runs them one after the
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable
 
 import torch
+
+from BraTSMambaLib.ssm.settings import env_switch
 
 ENV_VAR = "BRATSMAMBA_LAYER_STREAMS"
 
 
 def streams_enabled() -> bool:
     """False when BRATSMAMBA_LAYER_STREAMS=0; ValueError for a value other than 0/1."""
-    v = os.environ.get(ENV_VAR, "").strip() or "1"
-    if v not in ("0", "1"):
-        raise ValueError(f"{ENV_VAR}={v!r}: expected 0 or 1")
-    return v == "1"
+    return env_switch(ENV_VAR)
 
 
 @functools.lru_cache(maxsize=8)
