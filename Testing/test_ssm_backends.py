@@ -24,6 +24,17 @@ def test_auto_on_cpu_is_c_where_it_builds_else_torch(monkeypatch):
     assert resolve_backend("auto", "cpu", needs_grad=True) == "torch"   # c is forward-only
 
 
+def test_auto_order_on_cuda_puts_the_cuda_scan_first_for_long_inference_sequences():
+    from BraTSMambaLib.ssm.selective_scan import AUTO_ORDER, LONG_SEQUENCE, auto_order
+
+    assert auto_order("cuda") == AUTO_ORDER["cuda"]
+    assert auto_order("cuda", LONG_SEQUENCE - 1) == AUTO_ORDER["cuda"]
+    assert auto_order("cuda", LONG_SEQUENCE)[0] == "cuda"
+    assert sorted(auto_order("cuda", 64 ** 3)) == sorted(AUTO_ORDER["cuda"])
+    assert auto_order("cuda", 64 ** 3, needs_grad=True) == AUTO_ORDER["cuda"]    # training: a backward pass
+    assert auto_order("cpu", 64 ** 3) == AUTO_ORDER["cpu"]
+
+
 def test_auto_falls_back_to_torch_when_the_c_kernel_cannot_build(monkeypatch):
     from BraTSMambaLib.ssm.backends import c_scan
 

@@ -61,7 +61,7 @@ def test_kernel_source_compiles_with_nvrtc(arch, variant):
                                  cuda_scan.SHARED_WARPS if share else cuda_scan.WARPS, share)
     text = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + cuda_scan.SOURCE.read_text()
     cubin = nvrtc_build._compile(text, "cuda_scan_kernel", arch)
-    assert cubin[:4] == b"\x7fELF" and b"scan_fwd" in cubin
+    assert cubin[:4] == b"\x7fELF" and b"scan_fwd" in cubin and b"scan_rows" in cubin and b"join_chunks" in cubin
 
 
 @pytest.mark.skipif(not _nvrtc_loads(), reason="PyTorch's NVRTC does not load here")
@@ -106,8 +106,10 @@ def _run(case: dict, seed: int, **extra):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kernel", cuda_scan.KERNELS)
 @pytest.mark.parametrize("name", list(GPU_CASES))
-def test_gpu_cuda_matches_float64(name):
+def test_gpu_cuda_matches_float64(name, kernel, monkeypatch):
+    monkeypatch.setenv(cuda_scan.KERNEL_ENV, kernel)
     case = GPU_CASES[name]
     out, last, ref, last_ref, args = _run(case, seed=200 + list(GPU_CASES).index(name))
     assert out.dtype == args["u"].dtype and out.shape == args["u"].shape
@@ -115,12 +117,51 @@ def test_gpu_cuda_matches_float64(name):
     assert rel(out, ref) < TOL[case["dtype"]], rel(out, ref)
     assert rel(last, last_ref) < TOL[case["dtype"]], rel(last, last_ref)
     if "chunked" in name:
-        assert cuda_scan._chunks(case["b"] * case["E"], 16, case["L"]) > 1
+        rows = case["b"] * case["E"]
+        assert (cuda_scan._chunks(rows, 16, case["L"]) if kernel == "lanes"
+                else cuda_scan._rows_chunks(1, 132, case["L"])) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunks", ["1", "7"])
+def test_gpu_rows_kernel_unaligned_rows_and_forced_chunks(chunks, monkeypatch):
+    """Rows whose starts are not 16-byte aligned (scalar loads) and chunk ends inside a step of positions."""
+    monkeypatch.setenv(cuda_scan.KERNEL_ENV, "rows")
+    monkeypatch.setenv(cuda_scan.CHUNKS_ENV, chunks)
+    case = _case(b=2, E=70, L=1003, dtype="bfloat16")
+    out, last, ref, last_ref, _ = _run(case, seed=401)
+    assert rel(out, ref) < TOL["bfloat16"] and rel(last, last_ref) < TOL["bfloat16"]
+
+
+def test_rows_kernel_launch_shape():
+    assert cuda_scan._rows_threads(96) == 96 and cuda_scan._rows_threads(192) == 96
+    assert cuda_scan._rows_threads(384) == 128 and cuda_scan._rows_threads(8) == cuda_scan.ROWS_MIN_THREADS
+    assert cuda_scan._rows_threads(200) == cuda_scan.ROWS_MAX_THREADS
+    # SegMamba's stage 0 and 1 at batch 8 on an H200 (132 SMs x 4 resident blocks): two whole waves
+    assert cuda_scan._rows_chunks(8, 528, 64 ** 3) == 2 * 528 // 8
+    assert cuda_scan._rows_chunks(16, 528, 32 ** 3) == 2 * 528 // 16
+    assert cuda_scan._rows_chunks(48, 396, 512) == 512 // cuda_scan.ROWS_MIN_CHUNK   # chunks stay >= 64 long
+    assert cuda_scan._rows_chunks(600, 528, 4096) == 1                    # the rows alone fill a wave
+    assert cuda_scan._rows_chunks(1, 528, 100) == 1
+
+
+def test_kernel_choice_from_the_environment(monkeypatch):
+    assert cuda_scan.kernel_kind() == "rows"
+    monkeypatch.setenv(cuda_scan.KERNEL_ENV, "lanes")
+    assert cuda_scan.kernel_kind() == "lanes"
+    monkeypatch.setenv(cuda_scan.KERNEL_ENV, "fast")
+    with pytest.raises(ValueError, match="BRATSMAMBA_SCAN_CUDA_KERNEL='fast'"):
+        cuda_scan.kernel_kind()
+    assert cuda_scan.rows_step() == cuda_scan.ROWS_STEP
+    monkeypatch.setenv(cuda_scan.STEP_ENV, "12")
+    with pytest.raises(ValueError, match="BRATSMAMBA_SCAN_CUDA_STEP=12"):
+        cuda_scan.rows_step()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["shared_bf16", "shared_bf16_groups", "shared_chunked"])
 def test_gpu_shared_bc_path_is_taken_and_equals_the_per_lane_loads(name, monkeypatch):
+    monkeypatch.setenv(cuda_scan.KERNEL_ENV, "lanes")
     case = GPU_CASES[name]
     x = make_inputs(case, "cuda", seed=300)
     args = {k: (x[k].detach() if x[k] is not None else None) for k in ("u", "delta", "A", "B", "C", "D", "z",
@@ -165,7 +206,9 @@ def test_gpu_strided_views_as_the_layer_passes_them():
 
 
 @pytest.mark.gpu
-def test_gpu_segmamba_layer_same_as_triton(monkeypatch):
+@pytest.mark.parametrize("kernel", cuda_scan.KERNELS)
+def test_gpu_segmamba_layer_same_as_triton(kernel, monkeypatch):
     """A tri-orientated Mamba layer at a SegMamba stage shape: the CUDA scan gives the Triton scan's output."""
+    monkeypatch.setenv(cuda_scan.KERNEL_ENV, kernel)
     triton_out, cuda_out = tri_layer_outputs(monkeypatch, "BRATSMAMBA_SCAN_BACKEND", ("triton", "cuda"), 16, 2)
     assert rel(cuda_out, triton_out) < 1e-2

@@ -6,13 +6,14 @@
 #
 #   bash benchmarks/gpu_inference_session.sh
 #
-# Steps: tests, scan, ncu, layer, segment, streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), fallback
+# Steps: tests, scan (triton and both cuda kernels; SCAN_VARIANTS adds cuda rows under other settings), ncu,
+# profile (profile_gpu.py, SegMamba), concurrent (two forward passes on two streams), layer, segment (SEGMENT_ARGS adds options), streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), fallback
 # (SegMamba with the Mamba-layer ops in PyTorch, scan backend cuda vs torch: what a GPU without Triton uses),
 # cudnn (SegMamba with cuDNN's autotuner limited to 10 algorithms, PyTorch's default, and trying all; and 16
 # tiles per forward pass instead of 8), batch (segment --batch of COPIES links of the case, sequential vs
 # pipelined).
 # Settings (environment): CASE (default: the carried case), STEPS ("tests scan layer segment"), MODELS ("segmamba umambabot"),
-# CONFIGS (segment.py --configs), REPEATS (3), SCAN_VARIANTS (chunks:warps settings of the cuda backend).
+# CONFIGS (segment.py --configs), REPEATS (3), SCAN_VARIANTS (e.g. "BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS=2 BRATSMAMBA_SCAN_CUDA_CHUNKS=32").
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_inference_out}
@@ -31,27 +32,37 @@ steps=" ${STEPS:-tests scan layer segment} "
 if [[ $steps == *" tests "* ]]; then
   stamp "GPU tests"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider Testing/test_ssm_cuda_scan.py Testing/test_ssm_scan.py \
-    Testing/test_ssm_ops_streams.py Testing/test_ssm_triton.py Testing/test_nets_fused.py \
+    Testing/test_ssm_ops_streams.py Testing/test_ssm_triton.py Testing/test_nets_fused.py Testing/test_device_preprocessing.py \
     2>&1 | tee "$OUT/tests.log" | tail -15
 fi
 if [[ $steps == *" scan "* ]]; then
   stamp "scan alone"
-  timeout 150 python3 benchmarks/scan.py --device cuda --batch 8 --dtype bf16 --backends cuda triton --no-backward \
-    --reference no --baseline triton --json "$OUT/scan.json" 2>&1 | tee "$OUT/scan.log" | tail -20
-  for v in ${SCAN_VARIANTS:-1:1 4:1 16:1 32:1}; do   # chunks:warps of the cuda backend
-    set -- ${v/:/ }
-    stamp "scan alone, cuda backend, BRATSMAMBA_SCAN_CUDA_CHUNKS=$1 BRATSMAMBA_SCAN_CUDA_WARPS=$2"
-    BRATSMAMBA_SCAN_CUDA_CHUNKS=$1 BRATSMAMBA_SCAN_CUDA_WARPS=$2 timeout 100 python3 benchmarks/scan.py --device cuda \
+  timeout 150 python3 benchmarks/scan.py --device cuda --batch 8 --dtype bf16 --backends triton \
+    --cuda-kernels rows lanes --no-backward --reference no --baseline triton --json "$OUT/scan.json" 2>&1 \
+    | tee "$OUT/scan.log" | tail -20
+  for v in ${SCAN_VARIANTS:-}; do   # settings of the cuda backend, each VAR=VALUE[,VAR=VALUE...]
+    stamp "scan alone, cuda backend, ${v//,/ }"
+    env ${v//,/ } timeout 100 python3 benchmarks/scan.py --device cuda \
       --batch 8 --dtype bf16 --backends cuda --no-backward --reference no 2>&1 | tee -a "$OUT/scan.log" | grep -E "^ *[0-3] |stage"
   done
 fi
 if [[ $steps == *" ncu "* ]]; then   # Nsight Compute on the scans at stage 0 (each backend called twice)
   stamp "ncu, stage 0 scans"
-  timeout 240 ncu --kernel-name regex:"scan_fwd|_fwd_chunk" --section SpeedOfLight --section Occupancy \
+  timeout 240 ncu --kernel-name regex:"scan_rows|scan_fwd|_fwd_chunk" --section SpeedOfLight --section Occupancy \
     --section WarpStateStats --section SchedulerStats --section LaunchStats --section ComputeWorkloadAnalysis \
     python3 benchmarks/scan.py --device cuda --batch 8 --dtype bf16 --backends cuda triton --no-backward \
     --reference no --stages 0 --repeats 1 > "$OUT/ncu.log" 2>&1
   grep -E "scan_fwd|_fwd_chunk|Duration|Achieved Occupancy|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Compute \(SM\) Th|Memory Th|Executed Ipc A" "$OUT/ncu.log" | head -120
+fi
+if [[ $steps == *" profile "* ]]; then   # where an 8-tile SegMamba forward pass spends its GPU time
+  stamp "profile, SegMamba, bf16 autocast, channels_last, fused"
+  timeout 200 python3 benchmarks/profile_gpu.py --model segmamba --variants autocast_cl_fused --parts profile \
+    --json "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -60
+fi
+if [[ $steps == *" concurrent "* ]]; then   # two forward passes on two streams at once vs one after the other
+  stamp "concurrent forward passes"
+  timeout 200 python3 benchmarks/concurrent_forward.py --models ${MODELS:-segmamba umambabot} --batch 8 \
+    --json "$OUT/concurrent.json" 2>&1 | tee "$OUT/concurrent.log" | tail -4
 fi
 if [[ $steps == *" layer "* ]]; then
   stamp "SegMamba layer"
@@ -62,7 +73,7 @@ if [[ $steps == *" segment "* ]]; then
   stamp "whole case $CASE"
   timeout 330 python3 benchmarks/segment.py --case "$CASE" --models ${MODELS:-segmamba umambabot} \
     --configs ${CONFIGS:-bf16:channels_last::::triton bf16:channels_last::::cuda} --repeats ${REPEATS:-3} --warmup 1 \
-    --json "$OUT/segment.json" 2>&1 | tee "$OUT/segment.log" | tail -30
+    ${SEGMENT_ARGS:-} --json "$OUT/segment.json" 2>&1 | tee "$OUT/segment.log" | tail -30
 fi
 if [[ $steps == *" streamsoff "* ]]; then   # the same without side streams for the tri-orientated scans
   stamp "whole case, BRATSMAMBA_LAYER_STREAMS=0"

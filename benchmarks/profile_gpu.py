@@ -93,8 +93,9 @@ def profile_variant(args, variant: str, x: torch.Tensor) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     runner = Runner(args.model, args.size, args.tiny, x.device, variant, "default")
-    step = runner.make_step(x)
-    ms, _, first_s = time_step(step, x.device, 3, 1.0)
+    with torch.inference_mode():   # as the predictor runs it (forward-only scan backends need it)
+        step = runner.make_step(x)
+        ms, _, first_s = time_step(step, x.device, 3, 1.0)
     result = {"variant": variant, "batch": x.shape[0], "ms_per_forward": round(ms, 2),
               "ms_per_tile": round(ms / x.shape[0], 3), "first_call_s": round(first_s, 1)}
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])

@@ -108,6 +108,15 @@ def torch_setting(spec: str) -> Candidate:
     return Candidate(f"torch[{spec}]", _ours("torch"), in_process=True, env=env)
 
 
+def cuda_kernel(kind: str) -> Candidate:
+    """The cuda backend with BRATSMAMBA_SCAN_CUDA_KERNEL=`kind` ("rows" or "lanes")."""
+    from BraTSMambaLib.ssm.backends.cuda_scan import KERNEL_ENV, KERNELS
+
+    if kind not in KERNELS:
+        raise SystemExit(f"--cuda-kernels {kind!r}: expected one of {', '.join(KERNELS)}")
+    return Candidate(f"cuda[{kind}]", _ours("cuda"), env={KERNEL_ENV: kind}, forward_only=True)
+
+
 def _ours(name: str) -> Callable[..., torch.Tensor]:
     def fn(u, delta, A, B, C, D, z, delta_bias):
         return selective_scan(u, delta, A, B, C, D, z, delta_bias, True, backend=name)
@@ -336,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--torch-sweep", nargs="+", default=[], metavar="SETTING",
                    help="extra torch-backend rows, each e.g. chunk=16,step=4194304,block=268435456,mode=block,carry=8")
+    p.add_argument("--cuda-kernels", nargs="+", default=[], metavar="KIND",
+                   help="extra rows of the cuda backend with BRATSMAMBA_SCAN_CUDA_KERNEL=KIND (rows, lanes)")
     p.add_argument("--baseline", default=None, help="ratio column reference (default: mamba_ssm on CUDA, else torch)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)
@@ -349,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (10 if device.type == "cuda" else 1)
     include_ref = args.reference == "yes" or (args.reference == "auto" and device.type == "cpu")
     cands = candidates(device, args.backends, include_ref) + [torch_setting(x) for x in args.torch_sweep]
+    cands += [cuda_kernel(k) for k in args.cuda_kernels]
     names = [c.name for c in cands]
     baseline = args.baseline or ("mamba_ssm" if "mamba_ssm" in names else "torch")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"

@@ -155,7 +155,8 @@ def parse_config(text: str) -> dict:
 def stage_breakdown(case, model, repeats: int = 2) -> dict:
     """Seconds (best of `repeats`) of the CPU-side pieces of preprocess and postprocess on this case:
     nnU-Net's nonzero mask (binary_fill_holes) and crop on the whole volume and inside the nonzero box
-    (as the pipeline runs it), the whole preprocessing, labelling a probability map that starts on the
+    (as the pipeline runs it on a CPU), the whole preprocessing (and on a GPU the pipeline's
+    `preprocess_on_device`), labelling a probability map that starts on the
     model's device (as the predictor leaves it; `postprocess_total`), and the full-size pieces
     (restore, threshold, label map, regions, volumes) that only --save-probabilities still needs."""
     import SimpleITK as sitk
@@ -189,7 +190,11 @@ def stage_breakdown(case, model, repeats: int = 2) -> dict:
     box = best("nonzero_box", lambda: nonzero_box(channels, margin=0))
     best("crop_to_nonzero_in_box", lambda: crop_to_nonzero(np.stack([c[box] for c in channels]).astype(np.float32)))
     best("preprocess_from_stack", lambda: preprocess(data, spacing_zyx, pm, cm, dj))
-    pre, props = best("preprocess_total", lambda: preprocess(channels, spacing_zyx, pm, cm, dj))  # as the pipeline
+    pre, props = best("preprocess_total", lambda: preprocess(channels, spacing_zyx, pm, cm, dj))  # nnU-Net, CPU
+    if model.device.type == "cuda":   # what the pipeline runs on a GPU (device_preprocessing)
+        from BraTSMambaLib.inference.device_preprocessing import preprocess_on_device
+
+        best("preprocess_on_device", lambda: preprocess_on_device(channels, spacing_zyx, pm, cm, model.device))
     prob = torch.rand((3, *pre.shape[1:]), generator=torch.Generator().manual_seed(0)).to(model.device)
     best("postprocess_total", lambda: labels_on_input_grid(prob, props, model.plans, "2021"))  # as the pipeline
     # the rest: full-size probabilities, only built with --save-probabilities now

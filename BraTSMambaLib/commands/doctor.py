@@ -43,7 +43,7 @@ def collect() -> dict:
     import torch
 
     from BraTSMambaLib.errors import BackendUnavailableError
-    from BraTSMambaLib.ssm.selective_scan import BACKENDS, ENV_VAR, backend_status, resolve_backend
+    from BraTSMambaLib.ssm.selective_scan import BACKENDS, ENV_VAR, LONG_SEQUENCE, backend_status, resolve_backend
 
     devices = [{"device": "cpu", "kind": "cpu", "name": platform.processor() or platform.machine(),
                 "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}]
@@ -62,6 +62,8 @@ def collect() -> dict:
             dev["backends"][name] = {"available": ok, "detail": why}
         try:
             dev["auto"] = resolve_backend("auto", dev["device"])
+            dev["auto_long"] = resolve_backend("auto", dev["device"], length=LONG_SEQUENCE)
+            dev["long_sequence"] = LONG_SEQUENCE
         except BackendUnavailableError as e:
             dev["auto"] = None
             dev["auto_error"] = str(e)
@@ -85,6 +87,8 @@ def format_report(rep: dict) -> str:
         for name, st in dev["backends"].items():
             lines.append(f"  {'+' if st['available'] else '-'} {name:<10} {st['detail']}")
         lines.append(f"  auto -> {dev['auto']}" if dev["auto"] else f"  auto -> none: {dev['auto_error']}")
+        if dev.get("auto_long") and dev["auto_long"] != dev["auto"]:
+            lines.append(f"  auto at inference, sequences of {dev['long_sequence']} positions or more -> {dev['auto_long']}")
     lines.append("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in rep["versions"].items()))
     return "\n".join(lines)
 

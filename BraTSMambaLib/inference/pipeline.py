@@ -180,6 +180,7 @@ def _predict(case, model: LoadedModel, timer: _Timer, on_progress: ProgressCallb
     """(region probabilities on the preprocessed grid, on the predictor's device; nnU-Net properties)."""
     import SimpleITK as sitk
 
+    from BraTSMambaLib.inference.device_preprocessing import preprocess_on_device
     from BraTSMambaLib.inference.preprocessing import preprocess
 
     tell = on_progress or (lambda stage, fraction, message="": None)
@@ -188,7 +189,9 @@ def _predict(case, model: LoadedModel, timer: _Timer, on_progress: ProgressCallb
     with timer("preprocess"):
         spacing_zyx = tuple(reversed(case.reference.GetSpacing()))
         channels = [sitk.GetArrayViewFromImage(case.images[k]) for k in C.MODALITIES]  # case.array(), unstacked
-        data, props = preprocess(channels, spacing_zyx, pm, cm, dj)
+        on_device = (preprocess_on_device(channels, spacing_zyx, pm, cm, model.device)
+                     if model.device.type == "cuda" else None)
+        data, props = on_device or preprocess(channels, spacing_zyx, pm, cm, dj)
     tell("inference", stage_fraction("inference"), f"{case.case_id}: sliding window")
 
     def on_tiles(done: int, total: int) -> None:

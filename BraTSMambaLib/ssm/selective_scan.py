@@ -1,6 +1,6 @@
 """`selective_scan`: mamba_ssm's `selective_scan_fn` with a choice of backend (mamba_ssm, cuda, triton, c, torch,
-reference). `auto` takes the fastest one available for the tensors' device (skipping forward-only backends
-when autograd records the scan); the `backend` argument or the environment variable
+reference). `auto` takes the fastest one available for the tensors' device and the sequence length (skipping
+forward-only backends when autograd records the scan); the `backend` argument or the environment variable
 BRATSMAMBA_SCAN_BACKEND forces one, and a forced backend that cannot run raises `BackendUnavailableError`
 with the reason: there is never a silent fallback.
 """
@@ -19,6 +19,18 @@ BACKENDS: tuple[str, ...] = tuple(MODULES)
 #: Preference order for `auto`, per device type; the first available wins.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("mamba_ssm", "triton", "cuda", "torch"), "cpu": ("c", "torch")}
 AUTO_DEFAULT: tuple[str, ...] = ("torch",)
+#: On CUDA at inference, sequences at least this long go to the `cuda` backend first: its rows kernel was
+#: 1.9x Triton's scan at SegMamba's stage 0 (L = 262144) and 1.7x at stage 1 (32768) on an H200, and
+#: slower than Triton's at 4096 and below (docs/performance.md).
+LONG_SEQUENCE = 16384
+
+
+def auto_order(device_type: str, length: int | None = None, *, needs_grad: bool = False) -> tuple[str, ...]:
+    """The backends `auto` tries on a device type, in order, for a scan of `length` positions."""
+    order = AUTO_ORDER.get(device_type, AUTO_DEFAULT)
+    if device_type == "cuda" and not needs_grad and length is not None and length >= LONG_SEQUENCE:
+        order = ("cuda", *(c for c in order if c != "cuda"))
+    return order
 
 
 def backend_status(name: str, device: torch.device | str) -> tuple[bool, str]:
@@ -52,14 +64,15 @@ def forward_only(name: str) -> bool:
     return bool(getattr(mod, "FORWARD_ONLY", False))
 
 
-def resolve_backend(backend: str | None, device: torch.device | str, *, needs_grad: bool = False) -> str:
-    """Name of the backend that will run on `device` (one with a backward pass if `needs_grad`); raises
-    BackendUnavailableError when it cannot."""
+def resolve_backend(backend: str | None, device: torch.device | str, *, needs_grad: bool = False,
+                    length: int | None = None) -> str:
+    """Name of the backend that will run on `device` (one with a backward pass if `needs_grad`) for a scan
+    of `length` positions (None: any); raises BackendUnavailableError when it cannot."""
     device = torch.device(device)
     name = requested_backend(backend)
     if name == "auto":
         reasons = []
-        for cand in AUTO_ORDER.get(device.type, AUTO_DEFAULT):
+        for cand in auto_order(device.type, length, needs_grad=needs_grad):
             if needs_grad and forward_only(cand):
                 reasons.append(f"{cand}: forward only")
                 continue
@@ -113,7 +126,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns y in u's dtype, and (y, last_state (batch, E, N) float32) if return_last_state.
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device, needs_grad=records_grad(u, delta, A, B, C, D, z, delta_bias))
+    name = resolve_backend(backend, u.device, needs_grad=records_grad(u, delta, A, B, C, D, z, delta_bias),
+                           length=u.shape[-1])
     mod, _ = load(name)
     return mod.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                               delta_softplus=delta_softplus, return_last_state=return_last_state)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -44,6 +45,27 @@ WARPS, SHARED_WARPS = 1, 8
 FILL_LANES = 132 * 24 * 32
 MIN_CHUNK = 512
 WARPS_ENV, CHUNKS_ENV, SHARE_ENV = "BRATSMAMBA_SCAN_CUDA_WARPS", "BRATSMAMBA_SCAN_CUDA_CHUNKS", "BRATSMAMBA_SCAN_CUDA_SHARE"
+#: Which kernel: "rows" (`scan_rows`: a thread per row and chunk, its states in registers) or "lanes"
+#: (`scan_fwd`: a lane per row and state). The rows kernel's rows are cut into chunks until its blocks fill
+#: ROWS_WAVES whole waves of the GPU (a partial last wave left SMs idle: 4.15 ms at stage 0 with 1.33
+#: waves, 3.69 ms with 2), chunks no shorter than ROWS_MIN_CHUNK positions.
+KERNEL_ENV, KERNELS = "BRATSMAMBA_SCAN_CUDA_KERNEL", ("rows", "lanes")
+ROWS_WAVES, ROWS_MIN_CHUNK, ROWS_STEP = 2, 64, 16
+#: Positions a thread of the rows kernel loads and walks per step (8, 16 or 32; BRATSMAMBA_SCAN_CUDA_STEP for
+#: benchmarks): 16 loads 32 bytes of a bf16 row at a time.
+STEP_ENV, STEPS = "BRATSMAMBA_SCAN_CUDA_STEP", (8, 16, 32)
+
+
+def rows_step() -> int:
+    """Positions per step of the rows kernel (ROWS_STEP unless BRATSMAMBA_SCAN_CUDA_STEP sets one of STEPS)."""
+    step = env_int(STEP_ENV, ROWS_STEP)
+    if step not in STEPS:
+        raise ValueError(f"{STEP_ENV}={step}: expected one of {', '.join(map(str, STEPS))}")
+    return step
+ROWS_MIN_THREADS, ROWS_MAX_THREADS = 64, 128
+#: Blocks of ROWS_MAX_THREADS the rows kernel is compiled to fit on one multiprocessor (its register budget:
+#: 3 gives 168 registers a thread, no spills at 16 states); BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS for benchmarks.
+ROWS_MIN_BLOCKS, MIN_BLOCKS_ENV = 3, "BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS"
 _TYPES = {torch.float32: "float", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
@@ -83,7 +105,9 @@ def _defines(ns: int, dtypes: tuple[torch.dtype, ...], has_d: bool, has_z: bool,
     u, dt, z, out, b, c = (_TYPES[t] for t in dtypes)
     flags = {"HAS_D": has_d, "HAS_Z": has_z, "HAS_BIAS": has_bias, "SOFTPLUS": softplus, "VEC_B": vec[0],
              "VEC_C": vec[1], "SHARE_BC": share, "STATE_ONLY": state_only, "HAS_HINIT": has_hinit, "WRITE_LAST": write_last}
-    return {"NS": str(ns), "WARPS": str(warps), "T_U": u, "T_DT": dt, "T_Z": z, "T_OUT": out, "T_B": b, "T_C": c,
+    return {"NS": str(ns), "WARPS": str(warps), "ROWS_MIN_THREADS": str(ROWS_MIN_THREADS),
+            "ROWS_MAX_THREADS": str(ROWS_MAX_THREADS), "RP": str(rows_step()),
+            "ROWS_MIN_BLOCKS": str(env_int(MIN_BLOCKS_ENV, ROWS_MIN_BLOCKS)), "T_U": u, "T_DT": dt, "T_Z": z, "T_OUT": out, "T_B": b, "T_C": c,
             **{k: str(int(v)) for k, v in flags.items()}}
 
 
@@ -132,6 +156,36 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
     return (warps if share or forced is not None else WARPS), share
 
 
+def kernel_kind() -> str:
+    """The kernel BRATSMAMBA_SCAN_CUDA_KERNEL names ("rows" when unset)."""
+    v = os.environ.get(KERNEL_ENV, "").strip() or KERNELS[0]
+    if v not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV}={v!r}: expected one of {', '.join(KERNELS)}")
+    return v
+
+
+def _rows_threads(egroup: int) -> int:
+    """Threads per block of the rows kernel (one per row of one batch and B/C group): the largest
+    multiple of 32 in [ROWS_MIN_THREADS, ROWS_MAX_THREADS] dividing the group's rows, else the group
+    rounded up to 32 within those bounds (the kernel stages B and C with at least ROWS_MIN_THREADS)."""
+    for t in range(ROWS_MAX_THREADS, ROWS_MIN_THREADS - 1, -32):
+        if egroup % t == 0:
+            return t
+    return min(ROWS_MAX_THREADS, max(ROWS_MIN_THREADS, -(-egroup // 32) * 32))
+
+
+def _rows_chunks(blocks_per_chunk: int, wave: int, L: int) -> int:
+    """Chunks per row for the rows kernel: its grid (`blocks_per_chunk` blocks per chunk) made ROWS_WAVES
+    waves of `wave` resident blocks, none shorter than ROWS_MIN_CHUNK (or BRATSMAMBA_SCAN_CUDA_CHUNKS);
+    one when the rows alone fill a wave."""
+    forced = env_int(CHUNKS_ENV, None, auto=True)
+    if forced is not None:
+        return max(1, min(forced, -(-L // rows_step())))
+    if blocks_per_chunk >= wave:
+        return 1
+    return max(1, min(-(-ROWS_WAVES * wave // blocks_per_chunk), L // ROWS_MIN_CHUNK))
+
+
 def _chunks(rows: int, ns: int, L: int) -> int:
     """Chunks per row: 1 when rows x lanes fill the GPU, else enough to fill it with >= MIN_CHUNK positions
     (or BRATSMAMBA_SCAN_CUDA_CHUNKS)."""
@@ -142,6 +196,24 @@ def _chunks(rows: int, ns: int, L: int) -> int:
     if lanes >= FILL_LANES or L < 2 * MIN_CHUNK:
         return 1
     return max(1, min(-(-FILL_LANES // lanes), L // MIN_CHUNK))
+
+
+def _rows_launch(b: int, E: int, G: int, L: int, device: torch.device, chunked_defines: dict[str, str],
+                 row_tensors: tuple) -> tuple[str, tuple, tuple, int, list]:
+    """(kernel name, grid, block, chunk length, extra arguments) of the rows kernel: a block per batch, B/C
+    group and ROWS_MAX_THREADS rows of it; chunks from the output pass's occupancy (`chunked_defines`).
+    `row_tensors` (u, delta, out, z or None) decide the 16-byte loads and stores."""
+    from BraTSMambaLib.ssm.backends.nvrtc_build import resident_blocks
+
+    threads = _rows_threads(E // G)
+    per_chunk = b * G * -(-(E // G) // threads)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    wave = sms * resident_blocks(_kernel(chunked_defines, device, "scan_rows"), threads)
+    nchunks = _rows_chunks(per_chunk, wave, L)
+    step = rows_step()
+    chunk_len = -(-(-(-L // nchunks)) // step) * step
+    vec_rows = all(_vectorisable(t, step) for t in row_tensors if t is not None)
+    return "scan_rows", (per_chunk, -(-L // chunk_len), 1), (threads, 1, 1), chunk_len, [ctypes.c_int(int(vec_rows))]
 
 
 def _p(t: torch.Tensor | None) -> ctypes.c_void_p:
@@ -163,7 +235,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     N = A.shape[1]
     if N > MAX_STATES:
         raise BackendUnavailableError(f"scan backend 'cuda' handles at most {MAX_STATES} states (got {N})")
-    ns = max(2, _next_pow2(N))
+    kind = kernel_kind()
+    ns = max(4 if kind == "rows" else 2, _next_pow2(N))
     out = torch.empty((b, E, L), dtype=u.dtype if u.dtype in _TYPES else torch.float32, device=u.device)
     last = torch.zeros((b, E, ns), dtype=torch.float32, device=u.device) if return_last_state else None
     if out.numel() == 0:
@@ -176,31 +249,37 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     D32 = None if D is None else D.float().contiguous()
     bias32 = None if delta_bias is None else delta_bias.float().contiguous()
     rows = b * E
-    nchunks = _chunks(rows, ns, L)
-    chunk_len = -(-(-(-L // nchunks)) // ns) * ns
-    nchunks = -(-L // chunk_len)
+    G = Bg.shape[1]
     dtypes = (u_.dtype, dt_.dtype, (z_ if z_ is not None else u_).dtype, out.dtype, Bg.dtype, Cg.dtype)
     vec = (_vectorisable(Bg, ns), _vectorisable(Cg, ns))
-    G = Bg.shape[1]
-    warps, share = _launch_shape(ns, E, G, Bg, Cg, vec)
-    rows_per_block = warps * (32 // ns)
-    grid = (-(-rows // rows_per_block), nchunks, 1)
-    block = (32 * warps, 1, 1)
     zs = (z_.stride(0), z_.stride(1)) if z_ is not None else (0, 0)
-    sizes = _i(rows, E, L, E // G, chunk_len, u_.stride(0), u_.stride(1), dt_.stride(0), dt_.stride(1), *zs,
-               *Bg.stride()[:3], *Cg.stride()[:3])
+    if kind == "rows":
+        warps, share, vec = WARPS, False, (False, False)   # B and C go through shared memory
+    else:
+        warps, share = _launch_shape(ns, E, G, Bg, Cg, vec)
 
     def defines(state_only: bool, has_hinit: bool) -> dict[str, str]:
         return _defines(ns, dtypes, D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
                         vec, state_only, has_hinit, last is not None and not state_only, warps, share)
 
-    def scan(defs: dict[str, str], h_init, cstate, cdsum) -> None:
-        launch(_kernel(defs, u.device), grid, block, [_p(u_), _p(dt_), _p(z_), _p(out), _p(A2), _p(Bg), _p(Cg),
-                                                      _p(D32), _p(bias32), _p(h_init), _p(cstate), _p(cdsum),
-                                                      _p(last), *sizes])
-
     try:
         with torch.cuda.device(u.device):
+            if kind == "rows":
+                name, grid, block, chunk_len, extra = _rows_launch(b, E, G, L, u.device, defines(False, True),
+                                                                   (u_, dt_, out, z_))
+            else:
+                chunk_len = -(-(-(-L // _chunks(rows, ns, L))) // ns) * ns
+                grid = (-(-rows // (warps * (32 // ns))), -(-L // chunk_len), 1)
+                name, block, extra = "scan_fwd", (32 * warps, 1, 1), []
+            nchunks = grid[1]
+            sizes = _i(rows, E, L, E // G, chunk_len, u_.stride(0), u_.stride(1), dt_.stride(0), dt_.stride(1),
+                       *zs, *Bg.stride()[:3], *Cg.stride()[:3])
+
+            def scan(defs: dict[str, str], h_init, cstate, cdsum) -> None:
+                launch(_kernel(defs, u.device, name), grid, block,
+                       [_p(u_), _p(dt_), _p(z_), _p(out), _p(A2), _p(Bg), _p(Cg), _p(D32), _p(bias32), _p(h_init),
+                        _p(cstate), _p(cdsum), _p(last), *sizes, *extra])
+
             h_init = None
             if nchunks > 1:
                 f32 = {"dtype": torch.float32, "device": u.device}

@@ -340,3 +340,199 @@ extern "C" __global__ void join_chunks(const float* __restrict__ S, const float*
         h = fmaf(fast_exp2(a2 * dsum[row * nchunks + c]), h, S[(row * nchunks + c) * NS + n]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// scan_rows: one thread per (row, chunk), the row's NS states in its registers.
+//
+// The lane kernel above spends most of its instructions on moving values between lanes (a butterfly per
+// block of positions, warp-synchronous exchanges of delta); here a thread walks its row alone: per
+// position one softplus, then per state one ex2.approx, one FMA for h and one for C.h, with B and C of
+// the position read from shared memory (all threads of a block belong to one batch and B/C group, and
+// one cooperative load per block of RP positions serves them all, double-buffered). A thread loads RP
+// consecutive positions of u, delta (and z) of its row as 16-byte words where the host found them
+// aligned (vec_rows), and writes its outputs the same way. Set by the host: RP (positions per step),
+// ROWS_MIN_THREADS and ROWS_MAX_THREADS (threads per block). Inputs past the chunk's end count as delta 0:
+// the state passes through unchanged. Chunks, the join and h_init work as for scan_fwd.
+#define RPAD 4                // shared-memory row padding (floats): fewer bank conflicts, float4 reads kept
+
+template <typename T>
+struct Run {                  // RP consecutive positions of one row
+    static constexpr int NW = RP * (int)sizeof(T) / 16;
+    uint4 w[NW];
+    __device__ __forceinline__ void load(const T* __restrict__ p, int valid, bool vec) {
+        if (vec && valid == RP) {
+#pragma unroll
+            for (int k = 0; k < NW; ++k) w[k] = __ldg(reinterpret_cast<const uint4*>(p) + k);
+        } else {
+            T* e = reinterpret_cast<T*>(w);
+#pragma unroll
+            for (int j = 0; j < RP; ++j) e[j] = (j < valid) ? p[j] : T{};
+        }
+    }
+    __device__ __forceinline__ float at(int j) const { return to_f(reinterpret_cast<const T*>(w)[j]); }
+    __device__ __forceinline__ void put(int j, float v) { store_f(reinterpret_cast<T*>(w) + j, v); }
+    __device__ __forceinline__ void store(T* __restrict__ p, int valid, bool vec) const {
+        if (vec && valid == RP) {
+#pragma unroll
+            for (int k = 0; k < NW; ++k) reinterpret_cast<uint4*>(p)[k] = w[k];
+        } else {
+            const T* e = reinterpret_cast<const T*>(w);
+#pragma unroll
+            for (int j = 0; j < RP; ++j)
+                if (j < valid) p[j] = e[j];
+        }
+    }
+};
+
+#define BC_PER_THREAD ((NS * RP + ROWS_MIN_THREADS - 1) / ROWS_MIN_THREADS)   // B (and C) elements a thread stages
+
+extern "C" __global__ void __launch_bounds__(ROWS_MAX_THREADS, ROWS_MIN_BLOCKS) scan_rows(
+    const T_U* __restrict__ u, const T_DT* __restrict__ dt, const T_Z* __restrict__ z, T_OUT* __restrict__ out,
+    const float* __restrict__ A2, const T_B* __restrict__ Bm, const T_C* __restrict__ Cm,
+    const float* __restrict__ Dv, const float* __restrict__ bias,
+    const float* __restrict__ h_init, float* __restrict__ chunk_state, float* __restrict__ chunk_dsum,
+    float* __restrict__ last,
+    long long rows, long long E, long long L, long long egroup, long long chunk_len,
+    long long su_b, long long su_e, long long sd_b, long long sd_e, long long sz_b, long long sz_e,
+    long long sB_b, long long sB_g, long long sB_n, long long sC_b, long long sC_g, long long sC_n,
+    int vec_rows) {
+    __shared__ __align__(16) float sB[2][RP][NS + RPAD];
+    __shared__ __align__(16) float sC[2][RP][NS + RPAD];
+
+    const int tid = threadIdx.x;
+    const int nthreads = blockDim.x;
+    const long long per_group = (egroup + nthreads - 1) / nthreads;   // blocks per (batch, group)
+    const long long G = E / egroup;
+    const long long blk = blockIdx.x % per_group;
+    const long long g = (blockIdx.x / per_group) % G;
+    const long long b = blockIdx.x / (per_group * G);
+    const long long e_in = blk * nthreads + tid;
+    const bool row_ok = e_in < egroup;
+    const long long e = g * egroup + (row_ok ? e_in : 0);   // idle threads follow a real row's loads
+    const long long row = b * E + e;
+    const long long nchunks = gridDim.y;
+    const long long chunk = blockIdx.y;
+    const long long start = chunk * chunk_len;
+    const long long end = min(start + chunk_len, L);
+    const bool vec = vec_rows != 0;
+
+    float a2[NS], h[NS];
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+        a2[n] = A2[e * NS + n];
+        h[n] = HAS_HINIT ? h_init[(row * nchunks + chunk) * NS + n] : 0.f;
+    }
+    const float bias_e = HAS_BIAS ? bias[e] : 0.f;
+    const float d_e = HAS_D ? Dv[e] : 0.f;
+    const T_U* up = u + b * su_b + e * su_e;
+    const T_DT* dp = dt + b * sd_b + e * sd_e;
+    const T_Z* zp = HAS_Z ? z + b * sz_b + e * sz_e : nullptr;
+    T_OUT* op = out + row * L;
+    const T_B* Bg = Bm + b * sB_b + g * sB_g;
+    const T_C* Cg = Cm + b * sC_b + g * sC_g;
+
+    // B and C of RP positions from t0, element i of the block's NS x RP = (state i / RP, position i % RP).
+    float nb[BC_PER_THREAD], nc[BC_PER_THREAD];
+    auto fetch_bc = [&](long long t0, int valid) {
+#pragma unroll
+        for (int k = 0; k < BC_PER_THREAD; ++k) {
+            const int i = tid + k * nthreads;
+            const int n = i / RP, j = i % RP;
+            const bool ok = i < NS * RP && j < valid;
+            nb[k] = ok ? to_f(Bg[n * sB_n + t0 + j]) : 0.f;
+            if (!STATE_ONLY) nc[k] = ok ? to_f(Cg[n * sC_n + t0 + j]) : 0.f;
+        }
+    };
+    auto put_bc = [&](int buf) {
+#pragma unroll
+        for (int k = 0; k < BC_PER_THREAD; ++k) {
+            const int i = tid + k * nthreads;
+            if (i < NS * RP) {
+                sB[buf][i % RP][i / RP] = nb[k];
+                if (!STATE_ONLY) sC[buf][i % RP][i / RP] = nc[k];
+            }
+        }
+    };
+
+    const long long nsteps = (end - start + RP - 1) / RP;
+    Run<T_U> ru, nu;
+    Run<T_DT> rd, nd;
+    Run<T_Z> rz, nz;
+    Run<T_OUT> ro;
+    float dsum = 0.f;
+    if (nsteps > 0) {
+        const int valid = (int)min((long long)RP, end - start);
+        ru.load(up + start, valid, vec);
+        rd.load(dp + start, valid, vec);
+        if (HAS_Z && !STATE_ONLY) rz.load(zp + start, valid, vec);
+        fetch_bc(start, valid);
+        put_bc(0);
+    }
+    __syncthreads();
+    for (long long k = 0; k < nsteps; ++k) {
+        const long long t0 = start + k * RP;
+        const int valid = (int)min((long long)RP, end - t0);
+        const int buf = (int)(k & 1);
+        if (k + 1 < nsteps) {
+            const int nvalid = (int)min((long long)RP, end - t0 - RP);
+            nu.load(up + t0 + RP, nvalid, vec);
+            nd.load(dp + t0 + RP, nvalid, vec);
+            if (HAS_Z && !STATE_ONLY) nz.load(zp + t0 + RP, nvalid, vec);
+            fetch_bc(t0 + RP, nvalid);
+        }
+#pragma unroll
+        for (int j = 0; j < RP; ++j) {
+            float dl = rd.at(j) + bias_e;
+            if (SOFTPLUS) dl = softplus(dl);
+            dl = (j < valid) ? dl : 0.f;
+            if (STATE_ONLY) dsum += dl;
+            const float uv = ru.at(j);
+            const float dlu = dl * uv;
+            const float4* bq = reinterpret_cast<const float4*>(&sB[buf][j][0]);
+            const float4* cq = reinterpret_cast<const float4*>(&sC[buf][j][0]);
+            float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+            for (int q = 0; q < NS / 4; ++q) {
+                const float4 bb = bq[q];
+                const float bv[4] = {bb.x, bb.y, bb.z, bb.w};
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int n = 4 * q + r;
+                    h[n] = fmaf(fast_exp2(a2[n] * dl), h[n], dlu * bv[r]);
+                }
+                if (!STATE_ONLY) {
+                    const float4 cc = cq[q];
+                    acc0 = fmaf(cc.x, h[4 * q], acc0);
+                    acc1 = fmaf(cc.y, h[4 * q + 1], acc1);
+                    acc0 = fmaf(cc.z, h[4 * q + 2], acc0);
+                    acc1 = fmaf(cc.w, h[4 * q + 3], acc1);
+                }
+            }
+            if (!STATE_ONLY) {
+                float y = acc0 + acc1;
+                if (HAS_D) y = fmaf(d_e, uv, y);
+                if (HAS_Z) {
+                    const float zv = rz.at(j);
+                    y *= zv / (1.f + __expf(-zv));
+                }
+                ro.put(j, y);
+            }
+        }
+        if (!STATE_ONLY && row_ok) ro.store(op + t0, valid, vec);
+        if (k + 1 < nsteps) put_bc(buf ^ 1);
+        __syncthreads();
+        ru = nu;
+        rd = nd;
+        if (HAS_Z && !STATE_ONLY) rz = nz;
+    }
+    if (!row_ok) return;
+    if (STATE_ONLY) {
+#pragma unroll
+        for (int n = 0; n < NS; ++n) chunk_state[(row * nchunks + chunk) * NS + n] = h[n];
+        chunk_dsum[row * nchunks + chunk] = dsum;
+    }
+    if (WRITE_LAST && chunk == nchunks - 1) {
+#pragma unroll
+        for (int n = 0; n < NS; ++n) last[row * NS + n] = h[n];
+    }
+}

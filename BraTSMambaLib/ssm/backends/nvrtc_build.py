@@ -132,3 +132,21 @@ def launch(fn, grid: tuple[int, int, int], block: tuple[int, int, int], args: li
     stream = torch.cuda.current_stream()
     u._check_cuda(_driver().cuLaunchKernel(
         fn.func, *grid, *block, 0, ctypes.c_void_p(stream.cuda_stream), ptrs, None))
+
+
+@functools.lru_cache(maxsize=64)
+def _resident_blocks(func_handle: int, threads: int) -> int:
+    n = ctypes.c_int()
+    try:
+        _utils()._check_cuda(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            ctypes.byref(n), ctypes.c_void_p(func_handle), ctypes.c_int(threads), ctypes.c_size_t(0)))
+    except Exception as e:  # noqa: BLE001 - a driver refusal: report it, the caller falls back
+        raise NvrtcError(f"the driver's occupancy calculator failed: {type(e).__name__}: {e}") from e
+    return max(1, n.value)
+
+
+def resident_blocks(fn, threads: int) -> int:
+    """How many blocks of `threads` threads of the loaded kernel `fn` fit on one multiprocessor at once
+    (the driver's occupancy calculator: registers, shared memory, warps)."""
+    handle = fn.func.value if hasattr(fn.func, "value") else fn.func
+    return _resident_blocks(int(handle), threads)

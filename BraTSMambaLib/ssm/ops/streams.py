@@ -22,8 +22,10 @@ def streams_enabled() -> bool:
     return env_switch(ENV_VAR)
 
 
-@functools.lru_cache(maxsize=8)
-def _side_streams(device: torch.device, count: int) -> tuple[torch.cuda.Stream, ...]:
+@functools.lru_cache(maxsize=32)
+def _side_streams(device: torch.device, count: int, owner: int) -> tuple[torch.cuda.Stream, ...]:
+    """`count` side streams of `device` for work issued from the stream `owner` (its cuda_stream handle):
+    forward passes issued from different streams each get their own, so they do not wait on each other."""
     return tuple(torch.cuda.Stream(device) for _ in range(count))
 
 
@@ -35,7 +37,7 @@ def concurrently(device: torch.device, *fns: Callable[[], torch.Tensor]) -> list
             or torch.cuda.is_current_stream_capturing()):
         return [fn() for fn in fns]
     current = torch.cuda.current_stream(device)
-    sides = _side_streams(device, len(fns) - 1)
+    sides = _side_streams(device, len(fns) - 1, current.cuda_stream)
     for s in sides:
         s.wait_stream(current)
     results: list[torch.Tensor] = [torch.empty(0)] * len(fns)
