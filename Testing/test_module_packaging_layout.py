@@ -92,7 +92,7 @@ def _layout(tmp: Path) -> Path:
     resources = re.search(r"GLOB_RECURSE BRATSMAMBALIB_RESOURCES RELATIVE \S+((?:\s+\S+/BraTSMambaLib/\*\.\w+)+)\)", text)
     assert resources
     patterns = ["*.py"] + [p.rsplit("/", 1)[1] for p in resources.group(1).split()]
-    assert "*.c" in patterns                          # the C scan kernel travels with the library
+    assert "*.c" in patterns and "*.cu" in patterns   # the C and CUDA scan kernels travel with the library
     for pattern in patterns:
         for f in (ROOT / glob.group(1)).rglob(pattern):
             target = dest / f.relative_to(ROOT)
@@ -134,6 +134,7 @@ print(json.dumps({
         "BraTSMambaLib.mrml.review", "BraTSMambaLib.mrml.cli_job", "BraTSMambaLib.mrml.training_view",
         "BraTSMambaLib.data.review_log")],
     "c_source": str(importlib.import_module("BraTSMambaLib.ssm.backends.c_scan").SOURCE),
+    "cuda_source": str(importlib.import_module("BraTSMambaLib.ssm.backends.cuda_scan").SOURCE),
 }))
 """
 
@@ -155,3 +156,4 @@ def test_module_helpers_work_from_the_built_extension_folder(tmp_path):
     assert out["ui"] and out["train"]
     assert all(f.startswith(str(dest)) for f in out["train_lib"]), out["train_lib"]
     assert out["c_source"].startswith(str(dest)) and Path(out["c_source"]).is_file()
+    assert out["cuda_source"].startswith(str(dest)) and Path(out["cuda_source"]).is_file()

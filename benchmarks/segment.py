@@ -222,11 +222,15 @@ def config_from_variant(variant: str, batch: int) -> dict:
 
 
 def scan_backend(device: str) -> str:
-    """The scan backend the networks will use on `device` (what auto resolves to, or the forced one)."""
+    """The scan backend the networks will use on `device` (what auto resolves to, or the forced one), with
+    the one auto takes for long inference sequences where that differs."""
     from BraTSMambaLib.inference.predictor import resolve_device
     from BraTSMambaLib.ssm import resolve_backend
+    from BraTSMambaLib.ssm.selective_scan import LONG_SEQUENCE
 
-    return resolve_backend("auto", resolve_device(device))
+    dev = resolve_device(device)
+    short, long = resolve_backend("auto", dev), resolve_backend("auto", dev, length=LONG_SEQUENCE)
+    return short if short == long else f"{long} (L >= {LONG_SEQUENCE}) / {short}"
 
 
 def best_configs(path: str, name: str) -> list[dict]:

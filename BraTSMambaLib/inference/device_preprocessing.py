@@ -73,8 +73,8 @@ def fill_holes(mask: torch.Tensor, max_rounds: int = MAX_FILL_ROUNDS) -> torch.T
     return None
 
 
-def _eligible(cm: "ConfigurationManager", pm: "PlansManager", spacing_t: Sequence[float],
-              shape_t: Sequence[int]) -> bool:
+def _eligible(cm: "ConfigurationManager", spacing_t: Sequence[float], shape_t: Sequence[int]) -> bool:
+    """Whether nnU-Net would z-score every channel over the mask and leave the shape as it is."""
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
     if not all(s == "ZScoreNormalization" and bool(m) for s, m in zip(cm.normalization_schemes, cm.use_mask_for_norm)):
@@ -101,7 +101,7 @@ def preprocess_on_device(channels: Sequence[np.ndarray], spacing_zyx: Sequence[f
     tf = list(pm.transpose_forward)
     spacing_t = [float(spacing_zyx[i]) for i in tf]
     box_shape_t = [box[i].stop - box[i].start for i in tf]
-    if len(cm.normalization_schemes) != len(channels) or not _eligible(cm, pm, spacing_t, box_shape_t):
+    if len(cm.normalization_schemes) != len(channels) or not _eligible(cm, spacing_t, box_shape_t):
         return None
     data = torch.empty((len(channels), *(b.stop - b.start for b in box)), dtype=torch.float32, device=device)
     for i, c in enumerate(channels):

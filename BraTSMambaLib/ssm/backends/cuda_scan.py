@@ -1,21 +1,26 @@
-"""CUDA backend of the selective scan for GPU inference where Triton is missing: one lane per (row, state),
-compiled at run time by NVRTC.
+"""CUDA backend of the selective scan for GPU inference, compiled at run time by NVRTC: two kernels of
+`cuda_scan_kernel.cu`, chosen by sequence length (`kernel_kind`).
 
-Why a kernel of our own beside the Triton one: PyTorch's Windows and some Linux CUDA builds come without
-Triton, and without it the GPU scan fell back to the `torch` backend's chunked formula. This kernel needs
-only what PyTorch's CUDA wheels ship: NVRTC compiles it on first use (no toolkit, no build step;
-`nvrtc_build`), the driver loads it. The 16 lanes of a row each hold one state in a register
-(`cuda_scan_kernel.cu`); each block of 16 positions is loaded once (the next block's loads issued before
-this one's arithmetic), every exp(delta A) is computed once, and a transposed butterfly over the lanes
-gives each lane the output of one position; for bf16 B and C the 16 rows of a block share each block
-of positions' B and C through shared memory. Rows are cut into chunks (a state-only pass, a join of the
-chunks' states, then the output pass) when there are too few rows to fill the GPU. On an H200 at
-SegMamba's shapes it is up to 1.14x faster than the Triton kernel (stages 0-2; slower at stage 3) and a
-whole case 3 % faster (docs/performance.md); `auto` still prefers Triton where it works (its layer ops
-need it anyway) and takes this one before the `torch` backend.
+Why kernels of our own beside the Triton one: on SegMamba's long sequences the rows kernel is about twice as
+fast as our Triton kernel (on an H200, stage 0 at batch 8: 3.2-3.8 ms against 7.6-8.0), so `auto` takes this
+backend for inference scans of `selective_scan.LONG_SEQUENCE` positions or more; and PyTorch's Windows and
+some Linux CUDA builds come without Triton, where the GPU scan would otherwise fall back to the `torch`
+backend's chunked formula. The kernels need only what PyTorch's CUDA wheels ship: NVRTC compiles them on
+first use (no toolkit, no build step; `nvrtc_build`), the driver loads them.
 
-Forward only (`FORWARD_ONLY`): `auto` never picks it when autograd records the scan, and forcing it
-then raises. Up to 32 states (a state count that is not a power of two is padded with zero states).
+* `scan_rows` (long sequences): a thread per (row, chunk) walks its row alone with the row's states in
+  registers: per position one softplus, per state one ex2.approx and two FMAs, B and C of a step of
+  positions staged once per block in shared memory, u/delta/out moved as 16-byte words. Rows are cut into
+  chunks until the blocks fill `ROWS_WAVES` whole waves (the driver's occupancy calculator says how many
+  blocks fit on a multiprocessor).
+* `scan_fwd` (short sequences): a lane per (row, state); each block of 16 positions loaded once (the next
+  block's loads issued first), a transposed butterfly over the lanes gives each lane the output of one
+  position; for bf16 B and C the rows of a block share them through shared memory.
+
+Both cut rows into chunks when there are too few to fill the GPU: a state-only pass, a join of the chunks'
+states (`join_chunks`), then the output pass. Forward only (`FORWARD_ONLY`): `auto` never picks this backend
+when autograd records the scan, and forcing it then raises. Up to 32 states (a state count that is not a
+power of two is padded with zero states).
 """
 from __future__ import annotations
 
@@ -45,11 +50,16 @@ WARPS, SHARED_WARPS = 1, 8
 FILL_LANES = 132 * 24 * 32
 MIN_CHUNK = 512
 WARPS_ENV, CHUNKS_ENV, SHARE_ENV = "BRATSMAMBA_SCAN_CUDA_WARPS", "BRATSMAMBA_SCAN_CUDA_CHUNKS", "BRATSMAMBA_SCAN_CUDA_SHARE"
-#: Which kernel: "rows" (`scan_rows`: a thread per row and chunk, its states in registers) or "lanes"
-#: (`scan_fwd`: a lane per row and state). The rows kernel's rows are cut into chunks until its blocks fill
-#: ROWS_WAVES whole waves of the GPU (a partial last wave left SMs idle: 4.15 ms at stage 0 with 1.33
-#: waves, 3.69 ms with 2), chunks no shorter than ROWS_MIN_CHUNK positions.
-KERNEL_ENV, KERNELS = "BRATSMAMBA_SCAN_CUDA_KERNEL", ("rows", "lanes")
+#: Which kernel: "rows" (`scan_rows`: a thread per row and chunk, its states in registers), "lanes"
+#: (`scan_fwd`: a lane per row and state), or "auto" (BRATSMAMBA_SCAN_CUDA_KERNEL unset): rows for sequences of
+#: ROWS_MIN_LENGTH positions or more, lanes below. On an H200 at SegMamba's shapes (batch 8, bf16) rows took
+#: 3.2-3.8 ms at L = 262144 against lanes' 7.3-7.6, 1.1-1.5 against 1.8-2.2 at 32768, about the same at 4096,
+#: and 0.6-1.0 against 0.4-0.6 at 512 (docs/performance.md).
+KERNEL_ENV, KERNELS = "BRATSMAMBA_SCAN_CUDA_KERNEL", ("auto", "rows", "lanes")
+ROWS_MIN_LENGTH = 16384
+#: The rows kernel's rows are cut into chunks until its blocks fill ROWS_WAVES whole waves of the GPU (a
+#: partial last wave left SMs idle: 4.15 ms at stage 0 with 1.33 waves, 3.69 ms with 2), chunks no shorter
+#: than ROWS_MIN_CHUNK positions.
 ROWS_WAVES, ROWS_MIN_CHUNK, ROWS_STEP = 2, 64, 16
 #: Positions a thread of the rows kernel loads and walks per step (8, 16 or 32; BRATSMAMBA_SCAN_CUDA_STEP for
 #: benchmarks): 16 loads 32 bytes of a bf16 row at a time.
@@ -156,11 +166,13 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
     return (warps if share or forced is not None else WARPS), share
 
 
-def kernel_kind() -> str:
-    """The kernel BRATSMAMBA_SCAN_CUDA_KERNEL names ("rows" when unset)."""
-    v = os.environ.get(KERNEL_ENV, "").strip() or KERNELS[0]
+def kernel_kind(length: int) -> str:
+    """"rows" or "lanes" for a scan of `length` positions: BRATSMAMBA_SCAN_CUDA_KERNEL's, or by length (auto)."""
+    v = os.environ.get(KERNEL_ENV, "").strip() or "auto"
     if v not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={v!r}: expected one of {', '.join(KERNELS)}")
+    if v == "auto":
+        return "rows" if length >= ROWS_MIN_LENGTH else "lanes"
     return v
 
 
@@ -235,7 +247,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     N = A.shape[1]
     if N > MAX_STATES:
         raise BackendUnavailableError(f"scan backend 'cuda' handles at most {MAX_STATES} states (got {N})")
-    kind = kernel_kind()
+    kind = kernel_kind(L)
     ns = max(4 if kind == "rows" else 2, _next_pow2(N))
     out = torch.empty((b, E, L), dtype=u.dtype if u.dtype in _TYPES else torch.float32, device=u.device)
     last = torch.zeros((b, E, ns), dtype=torch.float32, device=u.device) if return_last_state else None

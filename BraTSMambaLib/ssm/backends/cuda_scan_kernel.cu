@@ -1,6 +1,8 @@
-// Selective scan forward for CUDA inference, compiled at run time with NVRTC (cuda_scan.py).
+// Selective scan forward for CUDA inference, compiled at run time with NVRTC (cuda_scan.py). Two kernels:
+// scan_fwd (this header; short sequences) and scan_rows (a thread per row, its own header further down; long
+// sequences), sharing the chunk join and the helpers.
 //
-// One lane per (row, state): a row (batch, channel) is walked sequentially by NS = N lanes, lane n
+// scan_fwd, one lane per (row, state): a row (batch, channel) is walked sequentially by NS = N lanes, lane n
 // holding state h[n] in a register. The sequence is taken NS positions at a time: lane n loads
 // position t0+n of u and delta (coalesced), computes softplus(delta + bias) and delta*u for it and
 // shares both through shared memory; it loads B[n] and C[n] for the NS positions with vector loads, or
