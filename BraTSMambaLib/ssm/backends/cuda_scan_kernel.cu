@@ -122,6 +122,17 @@ __device__ __forceinline__ void butterfly(float (&p)[NS], int n) {
     if constexpr (O > 1) butterfly<O / 2>(p, n);
 }
 
+// The arguments both scan kernels take, in the order cuda_scan.selective_scan passes them.
+#define SCAN_PARAMS \
+    const T_U* __restrict__ u, const T_DT* __restrict__ dt, const T_Z* __restrict__ z, T_OUT* __restrict__ out, \
+    const float* __restrict__ A2, const T_B* __restrict__ Bm, const T_C* __restrict__ Cm, \
+    const float* __restrict__ Dv, const float* __restrict__ bias, \
+    const float* __restrict__ h_init, float* __restrict__ chunk_state, float* __restrict__ chunk_dsum, \
+    float* __restrict__ last, \
+    long long rows, long long E, long long L, long long egroup, long long chunk_len, \
+    long long su_b, long long su_e, long long sd_b, long long sd_e, long long sz_b, long long sz_e, \
+    long long sB_b, long long sB_g, long long sB_n, long long sC_b, long long sC_g, long long sC_n
+
 // Shared B/C: 24 warps per SM, enough for the sequential lanes to hide each other's latencies (at most 85
 // registers; measured faster). The per-lane path measured slower under the same bound and keeps none.
 #if SHARE_BC
@@ -130,14 +141,7 @@ __device__ __forceinline__ void butterfly(float (&p)[NS], int n) {
 #define SCAN_BOUNDS
 #endif
 extern "C" __global__ void SCAN_BOUNDS scan_fwd(
-    const T_U* __restrict__ u, const T_DT* __restrict__ dt, const T_Z* __restrict__ z, T_OUT* __restrict__ out,
-    const float* __restrict__ A2, const T_B* __restrict__ Bm, const T_C* __restrict__ Cm,
-    const float* __restrict__ Dv, const float* __restrict__ bias,
-    const float* __restrict__ h_init, float* __restrict__ chunk_state, float* __restrict__ chunk_dsum,
-    float* __restrict__ last,
-    long long rows, long long E, long long L, long long egroup, long long chunk_len,
-    long long su_b, long long su_e, long long sd_b, long long sd_e, long long sz_b, long long sz_e,
-    long long sB_b, long long sB_g, long long sB_n, long long sC_b, long long sC_g, long long sC_n) {
+SCAN_PARAMS) {
     constexpr int RPW = 32 / NS;                     // rows per warp
     __shared__ __align__(16) float s_dl[WARPS * 32];
     __shared__ __align__(16) float s_dlu[WARPS * 32];
@@ -389,15 +393,7 @@ struct Run {                  // RP consecutive positions of one row
 #define BC_PER_THREAD ((NS * RP + ROWS_MIN_THREADS - 1) / ROWS_MIN_THREADS)   // B (and C) elements a thread stages
 
 extern "C" __global__ void __launch_bounds__(ROWS_MAX_THREADS, ROWS_MIN_BLOCKS) scan_rows(
-    const T_U* __restrict__ u, const T_DT* __restrict__ dt, const T_Z* __restrict__ z, T_OUT* __restrict__ out,
-    const float* __restrict__ A2, const T_B* __restrict__ Bm, const T_C* __restrict__ Cm,
-    const float* __restrict__ Dv, const float* __restrict__ bias,
-    const float* __restrict__ h_init, float* __restrict__ chunk_state, float* __restrict__ chunk_dsum,
-    float* __restrict__ last,
-    long long rows, long long E, long long L, long long egroup, long long chunk_len,
-    long long su_b, long long su_e, long long sd_b, long long sd_e, long long sz_b, long long sz_e,
-    long long sB_b, long long sB_g, long long sB_n, long long sC_b, long long sC_g, long long sC_n,
-    int vec_rows) {
+SCAN_PARAMS, int vec_rows) {
     __shared__ __align__(16) float sB[2][RP][NS + RPAD];
     __shared__ __align__(16) float sC[2][RP][NS + RPAD];
 
