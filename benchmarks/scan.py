@@ -114,7 +114,7 @@ def cuda_kernel(kind: str) -> Candidate:
 
     if kind not in KERNELS:
         raise SystemExit(f"--cuda-kernels {kind!r}: expected one of {', '.join(KERNELS)}")
-    return Candidate(f"cuda[{kind}]", _ours("cuda"), env={KERNEL_ENV: kind}, forward_only=True)
+    return Candidate(f"cuda[{kind}]", _ours("cuda"), env={KERNEL_ENV: kind}, forward_only=forward_only("cuda"))
 
 
 def _ours(name: str) -> Callable[..., torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from BraTSMambaLib.inference.preprocessing import nonzero_box
+from BraTSMambaLib.inference.preprocessing import nonzero_box, training_spacing, zscore_over_mask
 from BraTSMambaLib.ssm.settings import env_switch
 
 if TYPE_CHECKING:
@@ -44,12 +44,12 @@ def enabled() -> bool:
 def _grow_along(reach: torch.Tensor, background: torch.Tensor, dim: int) -> torch.Tensor:
     """`reach` spread through every straight run of background along `dim` that it touches."""
     n = reach.shape[dim]
-    runs = torch.cumsum((~background).to(torch.int32), dim=dim)   # one id per run (with the voxel before it)
+    runs = torch.cumsum(~background, dim=dim)   # int64: one id per run (with the voxel before it)
     shape = list(reach.shape)
     shape[dim] = n + 1
     touched = torch.zeros(shape, dtype=torch.int32, device=reach.device)
-    touched.scatter_reduce_(dim, runs.to(torch.int64), reach.to(torch.int32), reduce="amax")
-    return reach | (torch.gather(touched, dim, runs.to(torch.int64)).bool() & background)
+    touched.scatter_reduce_(dim, runs, reach.to(torch.int32), reduce="amax")
+    return reach | (torch.gather(touched, dim, runs).bool() & background)
 
 
 def fill_holes(mask: torch.Tensor, max_rounds: int = MAX_FILL_ROUNDS) -> torch.Tensor | None:
@@ -77,12 +77,10 @@ def _eligible(cm: "ConfigurationManager", spacing_t: Sequence[float], shape_t: S
     """Whether nnU-Net would z-score every channel over the mask and leave the shape as it is."""
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    if not all(s == "ZScoreNormalization" and bool(m) for s, m in zip(cm.normalization_schemes, cm.use_mask_for_norm)):
+    if not zscore_over_mask(cm):
         return False
-    target = list(cm.spacing)
-    if len(target) < len(shape_t):
-        target = [spacing_t[0], *target]
-    return tuple(int(v) for v in compute_new_shape(shape_t, spacing_t, target)) == tuple(int(v) for v in shape_t)
+    new_shape = compute_new_shape(shape_t, spacing_t, training_spacing(cm, spacing_t))
+    return tuple(int(v) for v in new_shape) == tuple(int(v) for v in shape_t)
 
 
 def preprocess_on_device(channels: Sequence[np.ndarray], spacing_zyx: Sequence[float], pm: "PlansManager",

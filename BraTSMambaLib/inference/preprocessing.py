@@ -145,7 +145,7 @@ def preprocess(
 
     channels = list(data)
     full_shape = tuple(channels[0].shape)
-    box = nonzero_box(channels, margin=0 if _normalisation_ignores_layout(cm) else 1)
+    box = nonzero_box(channels, margin=0 if zscore_over_mask(cm) else 1)
     if box is None:  # nothing nonzero: nnU-Net keeps the whole volume
         box = tuple(slice(0, n) for n in full_shape)
     channels = [np.asarray(c)[box] for c in channels]
@@ -163,9 +163,10 @@ def preprocess(
     return np.ascontiguousarray(out, dtype=np.float32), props
 
 
-def _normalisation_ignores_layout(cm: "ConfigurationManager") -> bool:
-    """True when every channel is z-scored over the brain mask (nnU-Net gathers `image[mask]` before
-    its mean and std, so the crop's memory layout cannot change a bit); else the crop gets a margin."""
+def zscore_over_mask(cm: "ConfigurationManager") -> bool:
+    """True when every channel is z-scored over the brain mask. nnU-Net then gathers `image[mask]` before
+    its mean and std, so the crop's memory layout cannot change a bit (else `preprocess` crops with a
+    margin)."""
     return all(s == "ZScoreNormalization" and bool(m)
                for s, m in zip(cm.normalization_schemes, cm.use_mask_for_norm))
 
@@ -205,6 +206,13 @@ def nonzero_box(channels: Sequence[np.ndarray], margin: int = 1) -> tuple[slice,
     return tuple(box)
 
 
+def training_spacing(cm: "ConfigurationManager", spacing_t: Sequence[float]) -> list[float]:
+    """The spacing preprocessing resamples to, for a case of (transposed) spacing `spacing_t`: the
+    configuration's, with the case's own first spacing in front for 2-D configurations (nnU-Net's rule)."""
+    target = list(cm.spacing)
+    return target if len(target) == len(spacing_t) else [spacing_t[0], *target]
+
+
 def to_cropped_input_grid(
     probabilities: "torch.Tensor | np.ndarray", props: dict, pm: "PlansManager", cm: "ConfigurationManager",
 ) -> "torch.Tensor | np.ndarray":
@@ -217,7 +225,7 @@ def to_cropped_input_grid(
     if tuple(probabilities.shape[1:]) == tuple(shape):
         return probabilities
     spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
-    current = cm.spacing if len(cm.spacing) == len(shape) else [spacing_t[0], *cm.spacing]
+    current = training_spacing(cm, spacing_t)
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.float().cpu()
     return np.asarray(cm.resampling_fn_probabilities(probabilities, shape, current, spacing_t), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Reading the ssm package's BRATSMAMBA_* environment settings: positive integers and 0/1 switches, each
+"""Reading the ssm package's BRATSMAMBA_* environment settings: positive integers, 0/1 switches and named choices, each
 read at the call that uses it (so a process can compare settings), with one error message per kind."""
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ def env_int(name: str, default: int | None, *, auto: bool = False) -> int | None
     if n < 1:
         raise ValueError(f"{name}={v!r}: expected a positive integer")
     return n
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    """One of `choices` from `name` (case-insensitive); `default` when unset; ValueError for anything else."""
+    v = os.environ.get(name, "").strip().lower()
+    if not v:
+        return default
+    if v not in choices:
+        raise ValueError(f"{name}={v!r}: expected one of {', '.join(choices)}")
+    return v
 
 
 def env_switch(name: str, default: bool = True) -> bool:

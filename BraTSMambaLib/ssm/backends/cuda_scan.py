@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ import torch
 from BraTSMambaLib.errors import BackendUnavailableError
 from BraTSMambaLib.ssm.backends.groups import common_groups
 from BraTSMambaLib.ssm.ops.dispatch import records_grad
-from BraTSMambaLib.ssm.settings import env_int, env_switch
+from BraTSMambaLib.ssm.settings import env_choice, env_int, env_switch
 
 NAME = "cuda"
 FORWARD_ONLY = True
@@ -64,6 +63,11 @@ ROWS_WAVES, ROWS_MIN_CHUNK, ROWS_STEP = 2, 64, 16
 #: Positions a thread of the rows kernel loads and walks per step (8, 16 or 32; BRATSMAMBA_SCAN_CUDA_STEP for
 #: benchmarks): 16 loads 32 bytes of a bf16 row at a time.
 STEP_ENV, STEPS = "BRATSMAMBA_SCAN_CUDA_STEP", (8, 16, 32)
+ROWS_MIN_THREADS, ROWS_MAX_THREADS = 64, 128
+#: Blocks of ROWS_MAX_THREADS the rows kernel is compiled to fit on one multiprocessor (its register budget:
+#: 3 gives 168 registers a thread, no spills at 16 states); BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS for benchmarks.
+ROWS_MIN_BLOCKS, MIN_BLOCKS_ENV = 3, "BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS"
+_TYPES = {torch.float32: "float", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def rows_step() -> int:
@@ -72,11 +76,6 @@ def rows_step() -> int:
     if step not in STEPS:
         raise ValueError(f"{STEP_ENV}={step}: expected one of {', '.join(map(str, STEPS))}")
     return step
-ROWS_MIN_THREADS, ROWS_MAX_THREADS = 64, 128
-#: Blocks of ROWS_MAX_THREADS the rows kernel is compiled to fit on one multiprocessor (its register budget:
-#: 3 gives 168 registers a thread, no spills at 16 states); BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS for benchmarks.
-ROWS_MIN_BLOCKS, MIN_BLOCKS_ENV = 3, "BRATSMAMBA_SCAN_CUDA_MIN_BLOCKS"
-_TYPES = {torch.float32: "float", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def _next_pow2(n: int) -> int:
@@ -168,9 +167,7 @@ def _launch_shape(ns: int, E: int, G: int, Bg: torch.Tensor, Cg: torch.Tensor, v
 
 def kernel_kind(length: int) -> str:
     """"rows" or "lanes" for a scan of `length` positions: BRATSMAMBA_SCAN_CUDA_KERNEL's, or by length (auto)."""
-    v = os.environ.get(KERNEL_ENV, "").strip() or "auto"
-    if v not in KERNELS:
-        raise ValueError(f"{KERNEL_ENV}={v!r}: expected one of {', '.join(KERNELS)}")
+    v = env_choice(KERNEL_ENV, KERNELS, "auto")
     if v == "auto":
         return "rows" if length >= ROWS_MIN_LENGTH else "lanes"
     return v
@@ -263,11 +260,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     rows = b * E
     G = Bg.shape[1]
     dtypes = (u_.dtype, dt_.dtype, (z_ if z_ is not None else u_).dtype, out.dtype, Bg.dtype, Cg.dtype)
-    vec = (_vectorisable(Bg, ns), _vectorisable(Cg, ns))
     zs = (z_.stride(0), z_.stride(1)) if z_ is not None else (0, 0)
     if kind == "rows":
         warps, share, vec = WARPS, False, (False, False)   # B and C go through shared memory
     else:
+        vec = (_vectorisable(Bg, ns), _vectorisable(Cg, ns))
         warps, share = _launch_shape(ns, E, G, Bg, Cg, vec)
 
     def defines(state_only: bool, has_hinit: bool) -> dict[str, str]:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from BraTSMambaLib.ssm.backends.groups import common_groups
-from BraTSMambaLib.ssm.settings import env_int
+from BraTSMambaLib.ssm.settings import env_choice, env_int
 
 NAME = "torch"
 
@@ -81,12 +81,7 @@ def chunk_len() -> int:
 
 def forward_mode(device: torch.device) -> str:
     """'step' or 'block' schedule of the forward (BRATSMAMBA_SCAN_TORCH_MODE; default step on CPU)."""
-    v = os.environ.get(MODE_ENV, "").strip().lower()
-    if v in ("step", "block"):
-        return v
-    if v:
-        raise ValueError(f"{MODE_ENV}={v!r}: expected 'step' or 'block'")
-    return "step" if device.type == "cpu" else "block"
+    return env_choice(MODE_ENV, ("step", "block"), "step" if device.type == "cpu" else "block")
 
 
 def _free_bytes(device: torch.device) -> int | None:

@@ -7,9 +7,10 @@ turns the kernels off (comparisons, debugging); the default is auto.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
+
+from BraTSMambaLib.ssm.settings import env_choice
 
 ENV_VAR = "BRATSMAMBA_LAYER_KERNELS"
 
@@ -35,10 +36,7 @@ def triton_status(device: torch.device) -> tuple[bool, str]:
 
 def kernels_enabled() -> bool:
     """False when BRATSMAMBA_LAYER_KERNELS=torch; ValueError for an unknown value."""
-    v = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
-    if v not in ("auto", "torch"):
-        raise ValueError(f"{ENV_VAR}={v!r}: expected 'auto' or 'torch'")
-    return v == "auto"
+    return env_choice(ENV_VAR, ("auto", "torch"), "auto") == "auto"
 
 
 def records_grad(*tensors: torch.Tensor | None) -> bool:
