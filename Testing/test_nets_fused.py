@@ -20,6 +20,7 @@ KERNEL_CASES = [  # (n, c, spatial, act, residual, affine)
     (2, 3, (2, 3, 7), "relu", False, True),
     (1, 20, (5, 5, 5), "relu", True, True),
     (1, 48, (3, 3, 3), "leaky_relu", True, True),
+    (1, 80, (26, 26, 26), "relu", True, True),   # two channel blocks, 69 partial sums: two finishing steps
 ]
 NETS = ["segmamba", "umambabot", "umambaenc"]
 

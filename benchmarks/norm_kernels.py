@@ -1,0 +1,110 @@
+"""The fused instance norm (`nets.fused.norm_kernels`) at SegMamba's norm shapes, 8 tiles, bf16, NDHWC.
+
+  python3 benchmarks/norm_kernels.py                      # CUDA only
+  python3 benchmarks/norm_kernels.py --sweep 2048:512:8:1 8192:256:8:1 2048:512:8:16
+
+Per shape: the whole norm (statistics, finish, normalise + LeakyReLU + residual) against the seventh
+session's predecessor measured in the same run (the same statistics kernel followed by about twenty small
+torch operations in float64 to finish the statistics), the statistics pass alone with its read bandwidth,
+and a copy of the tensor (`clone`, one read and one write) as the device's practical bandwidth. --sweep
+times the statistics pass for other (tile elements : programs per sample : warps : least tiles per
+program) settings.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import triton
+
+from BraTSMambaLib.nets.fused import norm_kernels as K
+
+# (channels, side, norms of this shape per SegMamba forward pass)
+SHAPES = [(48, 128, 8), (48, 64, 6), (96, 64, 6), (96, 32, 6), (192, 32, 6), (192, 16, 6), (384, 16, 6), (384, 8, 5),
+          (768, 8, 3)]
+
+
+def _time(fn, repeats: int = 20) -> float:
+    """Median milliseconds of fn on the current stream (CUDA events), after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def _stats(xs, tile: int, programs: int, warps: int, min_tiles: int = 1):
+    n, s, c = xs.shape
+    block_c = max(16, triton.next_power_of_2(c))
+    block_s = max(1, tile // block_c)
+    rows = max(min_tiles * block_s, triton.cdiv(triton.cdiv(s, programs), block_s) * block_s)
+    nprog = triton.cdiv(s, rows)
+    psum = torch.empty((n, nprog, c), device=xs.device, dtype=torch.float32)
+    psq = torch.empty_like(psum)
+    K._stats_kernel[(n, nprog)](xs, psum, psq, s, c, rows, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps)
+    return psum, psq
+
+
+def _previous(x, w, b, r, eps: float = 1e-5):
+    """The norm as the sixth session ran it: torch operations finish the statistics."""
+    n, c = x.shape[:2]
+    xs = K._ndhwc(x)
+    s = xs.shape[1]
+    piv = xs[:, 0, :].float().contiguous()
+    psum, psq = _stats(xs, 2048, 512, 8)
+    m1 = psum.double().sum(1) / s
+    var = (psq.double().sum(1) / s - m1 * m1).clamp_min(0.0)
+    rstd = torch.rsqrt(var + eps)
+    mean = piv.double() + m1
+    scale = rstd * w.double()
+    shift = b.double() - mean * scale
+    scale, shift = scale.float().contiguous(), shift.float().contiguous()
+    y = torch.empty_like(x)
+    ys = y.permute(0, 2, 3, 4, 1).view(n, -1, c)
+    K._apply_kernel[(triton.cdiv(s * c, 4096), n)](xs, scale, shift, K._ndhwc(r), ys, s * c, c, 0.01,
+                                                   ACT=2, HAS_RES=True, BLOCK=4096, num_warps=8)
+    return y
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--sweep", nargs="*", default=[], metavar="TILE:PROGRAMS:WARPS:MIN_TILES")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("norm_kernels.py needs a CUDA device")
+    settings = [(K.STATS_TILE, K.STATS_PROGRAMS, K.STATS_WARPS, K.STATS_MIN_TILES)]
+    settings += [tuple(map(int, v.split(":"))) for v in args.sweep]
+    total_now = total_before = 0.0
+    for c, side, count in SHAPES:
+        cl = torch.channels_last_3d
+        x = (torch.randn(args.batch, c, side, side, side, device="cuda") * 3 + 1).to(torch.bfloat16).contiguous(
+            memory_format=cl)
+        r = torch.randn_like(x).contiguous(memory_format=cl)
+        w, b = torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda")
+        y_now = K.instance_norm_ndhwc(x, w, b, 1e-5, "leaky_relu", 0.01, r)
+        diff = (y_now.float() - _previous(x, w, b, r).float()).abs().max().item()
+        t_now = _time(lambda: K.instance_norm_ndhwc(x, w, b, 1e-5, "leaky_relu", 0.01, r))
+        t_before = _time(lambda: _previous(x, w, b, r))
+        t_copy = _time(lambda: x.clone())
+        gb = x.numel() * x.element_size() / 1e9
+        total_now += t_now * count
+        total_before += t_before * count
+        stats = "  ".join(f"{':'.join(map(str, st))} {gb / _time(lambda: _stats(K._ndhwc(x), *st)) * 1e3:6.0f} GB/s"
+                          for st in settings)
+        print(f"C={c:3d} {side:3d}^3 x{count}: norm {t_now:7.3f} ms, previous {t_before:7.3f} ms "
+              f"({t_before / t_now:4.2f}x, max diff {diff:.1e}); statistics read {stats}; "
+              f"clone {2 * gb / t_copy * 1e3:6.0f} GB/s", flush=True)
+    print(f"per SegMamba forward pass (norm counts above): {total_now:.2f} ms now, {total_before:.2f} ms previous")
+
+
+if __name__ == "__main__":
+    main()
