@@ -75,6 +75,25 @@ def _layer_norm_errors(device: str, dtype: torch.dtype) -> list[float]:
     return errors
 
 
+CONCAT_CASES = [(2, 48, 48, (3, 4, 5)), (1, 5, 3, (2, 2, 7)), (1, 96, 192, (4, 4, 4)), (3, 16, 8, (1, 1, 1))]
+
+
+def _concat_exact(device: str, dtype: torch.dtype) -> list[bool]:
+    """concat_channels_ndhwc equals torch.cat bit for bit (inputs channels_last_3d or not)."""
+    from BraTSMambaLib.nets.fused.concat_kernel import concat_channels_ndhwc
+
+    same = []
+    for i, (n, ca, cb, s) in enumerate(CONCAT_CASES):
+        g = torch.Generator().manual_seed(200 + i)
+        a = torch.randn(n, ca, *s, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last_3d)
+        b = torch.randn(n, cb, *s, generator=g).to(device, dtype)
+        if i % 2 == 0:
+            b = b.contiguous(memory_format=torch.channels_last_3d)
+        y = concat_channels_ndhwc(a, b)
+        same.append(y.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(y, torch.cat((a, b), 1)))
+    return same
+
+
 def _fused_network_diffs() -> dict:
     from BraTSMambaLib.nets import build_model, get_spec
     from BraTSMambaLib.nets.fused import fuse_norms, is_fused
@@ -100,7 +119,7 @@ def _fused_network_diffs() -> dict:
 
 def _run_interpreter() -> dict:
     return {"kernel": _kernel_errors("cpu", torch.float32), "layer_norm": _layer_norm_errors("cpu", torch.float32),
-            "nets": _fused_network_diffs()}
+            "concat": _concat_exact("cpu", torch.float32), "nets": _fused_network_diffs()}
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +140,24 @@ def test_layer_norm_kernel_matches_float64_in_the_interpreter(interp):
         assert err < 1e-5, f"{case}: relative error {err:.3g}"
 
 
+def test_concat_kernel_equals_torch_cat_in_the_interpreter(interp):
+    assert interp["concat"] == [True] * len(CONCAT_CASES)
+
+
+def test_concat_refuses_mismatched_inputs():
+    pytest.importorskip("triton")
+    from BraTSMambaLib.nets.fused.concat_kernel import concat_channels_ndhwc
+
+    with pytest.raises(ValueError, match="cannot concatenate"):
+        concat_channels_ndhwc(torch.zeros(1, 2, 3, 3, 3), torch.zeros(1, 2, 3, 3, 4))
+
+
 @pytest.mark.parametrize("name", NETS)
 def test_fused_network_matches_unfused_in_the_interpreter(interp, name):
     res = interp["nets"][name]
     assert res["fused"] and res["keys_same"]
     assert "FusedInstanceNorm3d" in res["classes"] and "FusedLayerNorm" in res["classes"], res["classes"]
-    expected = {"segmamba": {"FusedGSC", "FusedUnetResBlock"},
+    expected = {"segmamba": {"FusedGSC", "FusedUnetResBlock", "FusedUnetrUpBlock"},
                 "umambabot": {"FusedBasicResBlock", "FusedBasicBlockD", "FusedUpsampleLayer"}}.get(name, set())
     assert expected <= set(res["classes"]), res["classes"]
     assert res["rel"] < 1e-5, f"{name}: fused vs unfused relative difference {res['rel']:.3g}"
@@ -218,6 +249,7 @@ def test_kernel_on_cuda_bf16_and_fp32():
         assert err < 1e-5
     for err in _layer_norm_errors("cuda", torch.bfloat16):
         assert err < 1e-2
+    assert _concat_exact("cuda", torch.bfloat16) == [True] * len(CONCAT_CASES)
 
 
 @pytest.mark.gpu

@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu_inference_session.sh
 #
-# Steps: tests, norms (benchmarks/norm_kernels.py), cutlass (benchmarks/conv3d_cutlass.py), scan (triton and both cuda kernels; SCAN_VARIANTS adds cuda rows under other settings), ncu,
+# Steps: tests, norms (benchmarks/fused_kernels.py), cutlass (benchmarks/conv3d_cutlass.py), scan (triton and both cuda kernels; SCAN_VARIANTS adds cuda rows under other settings), ncu,
 # profile (profile_gpu.py, SegMamba), concurrent (two forward passes on two streams), layer, segment (SEGMENT_ARGS adds options), streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), fallback
 # (SegMamba with the Mamba-layer ops in PyTorch, scan backend cuda vs torch: what a GPU without Triton uses),
 # cudnn (SegMamba with cuDNN's autotuner limited to 10 algorithms, PyTorch's default, and trying all; and 16
@@ -54,9 +54,9 @@ if [[ $steps == *" ncu "* ]]; then   # Nsight Compute on the scans at stage 0 (e
     --reference no --stages 0 --repeats 1 > "$OUT/ncu.log" 2>&1
   grep -E "scan_fwd|_fwd_chunk|Duration|Achieved Occupancy|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Compute \(SM\) Th|Memory Th|Executed Ipc A" "$OUT/ncu.log" | head -120
 fi
-if [[ $steps == *" norms "* ]]; then   # the fused instance norm at SegMamba's shapes (NORM_SWEEP: statistics settings)
-  stamp "instance norms"
-  timeout 200 python3 benchmarks/norm_kernels.py ${NORM_SWEEP:+--sweep $NORM_SWEEP} 2>&1 | tee "$OUT/norms.log" | tail -12
+if [[ $steps == *" norms "* ]]; then   # nets.fused's norm and concatenation kernels (NORM_SWEEP: statistics settings)
+  stamp "fused kernels: instance norms, concatenation"
+  timeout 200 python3 benchmarks/fused_kernels.py ${NORM_SWEEP:+--sweep $NORM_SWEEP} 2>&1 | tee "$OUT/norms.log" | tail -12
 fi
 if [[ $steps == *" cutlass "* ]]; then   # CUTLASS sm90 convolutions vs cuDNN (libraries prebuilt in CUTLASS_BUILD)
   stamp "CUTLASS convolutions"

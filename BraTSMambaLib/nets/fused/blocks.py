@@ -1,7 +1,8 @@
 """Inference forms of the convolution blocks our networks are built from: every instance norm's
-following residual add and activation happen in the same pass (`norm_kernels`), and a convolution's
+following residual add and activation happen in the same pass (`norm_kernels`), a convolution's
 bias is dropped where an instance norm follows it (the norm subtracts every per-channel constant)
-or moved into that norm's shift where it feeds the residual.
+or moved into that norm's shift where it feeds the residual, and the UNETR decoder's skip
+concatenation is one vectorised copy (`concat_kernel`).
 
 `fuse_norms(model)` changes module classes in place (`module.__class__ = Fused...`): each fused
 class subclasses the original and only overrides `forward`, so parameters, buffers, state-dict keys,
@@ -11,6 +12,7 @@ remains a correct model everywhere.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -18,19 +20,22 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _kernels():
-    """The Triton kernels module, or None where triton does not work."""
-    global _KERNELS
-    if _KERNELS is False:
+def _triton_module(name: str):
+    """A module of Triton kernels of this package, or None where triton does not work."""
+    if name not in _MODULES:
         try:
-            from BraTSMambaLib.nets.fused import norm_kernels
-            _KERNELS = norm_kernels
+            _MODULES[name] = importlib.import_module(f"BraTSMambaLib.nets.fused.{name}")
         except Exception:  # noqa: BLE001 - no triton / no GPU compiler: the unfused path is correct
-            _KERNELS = None
-    return _KERNELS
+            _MODULES[name] = None
+    return _MODULES[name]
 
 
-_KERNELS: object = False
+def _kernels():
+    """The norm kernels module, or None where triton does not work."""
+    return _triton_module("norm_kernels")
+
+
+_MODULES: dict[str, object] = {}
 #: Triton's CPU interpreter (tests) runs the kernels on CPU tensors too.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -127,6 +132,7 @@ def _fused_blocks() -> dict[type, type]:
     from dynamic_network_architectures.building_blocks.residual import BasicBlockD
     from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
     from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
+    from monai.networks.blocks.unetr_block import UnetrUpBlock
 
     from BraTSMambaLib.nets.nnunet_blocks import BasicResBlock, UpsampleLayer
     from BraTSMambaLib.nets.segmamba import GSC
@@ -165,6 +171,17 @@ def _fused_blocks() -> dict[type, type]:
             x1 = conv_norm(self.proj2, self.norm2, x1, act=self.nonliner2)
             x2 = conv_norm(self.proj3, self.norm3, x, act=self.nonliner3)
             return conv_norm(self.proj4, self.norm4, x1 + x2, act=self.nonliner4) + x
+
+    class FusedUnetrUpBlock(UnetrUpBlock):
+        """The skip concatenation as one vectorised NDHWC copy (`concat_kernel`)."""
+
+        def forward(self, inp, skip):
+            concat = _triton_module("concat_kernel")
+            out = self.transp_conv(inp)
+            if (concat is None or not _fast(inp, self) or out.dtype != skip.dtype
+                    or out.shape[2:] != skip.shape[2:]):
+                return self.conv_block(torch.cat((out, skip), dim=1))
+            return self.conv_block(concat.concat_channels_ndhwc(out, skip))
 
     class FusedConvDropoutNormReLU(ConvDropoutNormReLU):
         def forward(self, x):
@@ -211,6 +228,7 @@ def _fused_blocks() -> dict[type, type]:
             return y.reshape(n, d * fd, h * fh, w * fw, c).permute(0, 4, 1, 2, 3)   # one copy, NDHWC memory
 
     return {UnetResBlock: FusedUnetResBlock, UnetBasicBlock: FusedUnetBasicBlock, GSC: FusedGSC,
+            UnetrUpBlock: FusedUnetrUpBlock,
             ConvDropoutNormReLU: FusedConvDropoutNormReLU, BasicBlockD: FusedBasicBlockD,
             BasicResBlock: FusedBasicResBlock, UpsampleLayer: FusedUpsampleLayer}
 

@@ -7,7 +7,7 @@ norm costs two layout copies on top of its two passes. Here the statistics are o
 (n, c) sums of x - pivot in fp32, the pivot being the first voxel's value, so a large mean does not
 cancel the variance; partial sums per block of rows), one small kernel adds the partial sums up in float64
 and folds mean, variance, weight and bias into a per-channel scale and shift (about twenty small torch
-operations before: 2.2-2.5x faster norms below 32^3, benchmarks/norm_kernels.py), and the normalisation,
+operations before: 2.2-2.5x faster norms below 32^3, benchmarks/fused_kernels.py), and the normalisation,
 optional residual add and ReLU/LeakyReLU are one read and one write. Input and output keep NDHWC.
 This module imports triton; import it only where triton works.
 """
@@ -19,7 +19,7 @@ import triton.language as tl
 
 ACTS = {None: 0, "relu": 1, "leaky_relu": 2}
 # Statistics pass: elements per (rows x channels) tile, programs per sample, warps per program
-# (benchmarks/norm_kernels.py measures the choices: larger tiles and more or fewer programs were slower at
+# (benchmarks/fused_kernels.py measures the choices: larger tiles and more or fewer programs were slower at
 # 128^3 on the H200).
 STATS_TILE = 2048
 STATS_PROGRAMS = 512

@@ -1,12 +1,14 @@
-"""The fused instance norm (`nets.fused.norm_kernels`) at SegMamba's norm shapes, 8 tiles, bf16, NDHWC.
+"""The Triton kernels of `nets.fused` at SegMamba's shapes, 8 tiles, bf16, NDHWC: the instance norm
+(`norm_kernels`) and the decoder's skip concatenation (`concat_kernel`).
 
-  python3 benchmarks/norm_kernels.py                      # CUDA only
-  python3 benchmarks/norm_kernels.py --sweep 2048:512:8:1 8192:256:8:1 2048:512:8:16
+  python3 benchmarks/fused_kernels.py                      # CUDA only
+  python3 benchmarks/fused_kernels.py --sweep 2048:512:8:1 8192:256:8:1 2048:512:8:16
 
 Per shape: the whole norm (statistics, finish, normalise + LeakyReLU + residual) against the seventh
 session's predecessor measured in the same run (the same statistics kernel followed by about twenty small
 torch operations in float64 to finish the statistics), the statistics pass alone with its read bandwidth,
-and a copy of the tensor (`clone`, one read and one write) as the device's practical bandwidth. --sweep
+and a copy of the tensor (`clone`, one read and one write) as the device's practical bandwidth. The
+concatenations (upsampled + skip, both C channels) against torch.cat with their bandwidth. --sweep
 times the statistics pass for other (tile elements : programs per sample : warps : least tiles per
 program) settings.
 """
@@ -19,8 +21,10 @@ import torch
 import triton
 
 from BraTSMambaLib.nets.fused import norm_kernels as K
+from BraTSMambaLib.nets.fused.concat_kernel import concat_channels_ndhwc
 
 # (channels, side, norms of this shape per SegMamba forward pass)
+CONCATS = [(48, 128), (96, 64), (192, 32), (384, 16)]   # (channels of each input, side): one each per pass
 SHAPES = [(48, 128, 8), (48, 64, 6), (96, 64, 6), (96, 32, 6), (192, 32, 6), (192, 16, 6), (384, 16, 6), (384, 8, 5),
           (768, 8, 3)]
 
@@ -80,7 +84,7 @@ def main() -> None:
     p.add_argument("--sweep", nargs="*", default=[], metavar="TILE:PROGRAMS:WARPS:MIN_TILES")
     args = p.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("norm_kernels.py needs a CUDA device")
+        raise SystemExit("fused_kernels.py needs a CUDA device")
     settings = [(K.STATS_TILE, K.STATS_PROGRAMS, K.STATS_WARPS, K.STATS_MIN_TILES)]
     settings += [tuple(map(int, v.split(":"))) for v in args.sweep]
     total_now = total_before = 0.0
@@ -104,6 +108,18 @@ def main() -> None:
               f"({t_before / t_now:4.2f}x, max diff {diff:.1e}); statistics read {stats}; "
               f"clone {2 * gb / t_copy * 1e3:6.0f} GB/s", flush=True)
     print(f"per SegMamba forward pass (norm counts above): {total_now:.2f} ms now, {total_before:.2f} ms previous")
+    total_now = total_before = 0.0
+    for c, side in CONCATS:
+        a, b = (torch.randn(args.batch, c, side, side, side, device="cuda").to(torch.bfloat16).contiguous(
+            memory_format=torch.channels_last_3d) for _ in range(2))
+        same = torch.equal(concat_channels_ndhwc(a, b), torch.cat((a, b), 1))
+        t_now = _time(lambda: concat_channels_ndhwc(a, b))
+        t_before = _time(lambda: torch.cat((a, b), 1))
+        gb = 4 * a.numel() * a.element_size() / 1e9     # both inputs read, the output written
+        total_now, total_before = total_now + t_now, total_before + t_before
+        print(f"concat {c}+{c} at {side:3d}^3: {t_now:.3f} ms ({gb / t_now * 1e3:.0f} GB/s), torch.cat {t_before:.3f} ms "
+              f"({gb / t_before * 1e3:.0f} GB/s), {t_before / t_now:.2f}x, equal: {same}", flush=True)
+    print(f"per SegMamba forward pass: concatenations {total_now:.2f} ms now, {total_before:.2f} ms with torch.cat")
 
 
 if __name__ == "__main__":
