@@ -23,7 +23,6 @@ import ctypes
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -83,26 +82,10 @@ def build(tiles: list[str], build_dir: Path, root: str | None, nvcc: str, jobs: 
     return {t: so for t, so in libs.items() if so.exists()}
 
 
-def _time(fn, repeats: int = 20) -> float:
-    import torch
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
 def bench(libs: dict[str, Path], batch: int) -> dict:
     import torch
     import torch.nn.functional as F
+    from cuda_timing import median_ms
 
     torch.backends.cudnn.benchmark = True
     fns = {}
@@ -129,7 +112,7 @@ def bench(libs: dict[str, Path], batch: int) -> dict:
         ref32 = F.conv3d(x.float(), wt.float(), padding=1)
         scale = ref32.abs().max().item()
         tflop = 2 * batch * side ** 3 * cout * cin * 27 / 1e12
-        t_cudnn = _time(lambda: F.conv3d(x, wt, padding=1))
+        t_cudnn = median_ms(lambda: F.conv3d(x, wt, padding=1))
         row = {"c_in": cin, "c_out": cout, "side": side, "calls": calls, "cudnn_ms": t_cudnn,
                "cudnn_err": (F.conv3d(x, wt, padding=1).float() - ref32).abs().max().item() / scale, "cutlass": {}}
         y = torch.empty_like(ref32, dtype=torch.bfloat16)
@@ -141,7 +124,7 @@ def bench(libs: dict[str, Path], batch: int) -> dict:
                 row["cutlass"][tile] = {"error": str(e)}
                 continue
             err = (y.float() - ref32).abs().max().item() / scale
-            row["cutlass"][tile] = {"ms": _time(lambda: cutlass_conv(fn, x, wk, y)), "err": err}
+            row["cutlass"][tile] = {"ms": median_ms(lambda: cutlass_conv(fn, x, wk, y)), "err": err}
         ok = {t: v["ms"] for t, v in row["cutlass"].items() if "ms" in v and v["err"] < 2e-2}
         best = min(ok, key=ok.get) if ok else None
         row["best"] = best
@@ -174,8 +157,8 @@ def bench(libs: dict[str, Path], batch: int) -> dict:
     xs = stacked()
     y2 = F.conv2d(xs, w2, padding=1).reshape(batch, side, cout, side, side).permute(0, 2, 1, 3, 4)
     diff = (y2.float() - F.conv3d(x, wt, padding=1).float()).abs().max().item()
-    t_stack, t_2d = _time(stacked), _time(lambda: F.conv2d(xs, w2, padding=1))
-    t_3d = _time(lambda: F.conv3d(x, wt, padding=1))
+    t_stack, t_2d = median_ms(stacked), median_ms(lambda: F.conv2d(xs, w2, padding=1))
+    t_3d = median_ms(lambda: F.conv3d(x, wt, padding=1))
     print(f"48->48 at 128^3 as a 2-D convolution over depth-stacked channels: stacking {t_stack:.3f} ms + conv2d "
           f"{t_2d:.3f} ms, against conv3d {t_3d:.3f} ms (largest difference {diff:.1e})")
     return {"batch": batch, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),

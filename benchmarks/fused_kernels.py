@@ -15,10 +15,10 @@ program) settings.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
+from cuda_timing import median_ms
 
 from BraTSMambaLib.nets.fused import norm_kernels as K
 from BraTSMambaLib.nets.fused.concat_kernel import concat_channels_ndhwc
@@ -29,41 +29,13 @@ SHAPES = [(48, 128, 8), (48, 64, 6), (96, 64, 6), (96, 32, 6), (192, 32, 6), (19
           (768, 8, 3)]
 
 
-def _time(fn, repeats: int = 20) -> float:
-    """Median milliseconds of fn on the current stream (CUDA events), after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def _stats(xs, tile: int, programs: int, warps: int, min_tiles: int = 1):
-    n, s, c = xs.shape
-    block_c = max(16, triton.next_power_of_2(c))
-    block_s = max(1, tile // block_c)
-    rows = max(min_tiles * block_s, triton.cdiv(triton.cdiv(s, programs), block_s) * block_s)
-    nprog = triton.cdiv(s, rows)
-    psum = torch.empty((n, nprog, c), device=xs.device, dtype=torch.float32)
-    psq = torch.empty_like(psum)
-    K._stats_kernel[(n, nprog)](xs, psum, psq, s, c, rows, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps)
-    return psum, psq
-
-
 def _previous(x, w, b, r, eps: float = 1e-5):
     """The norm as the sixth session ran it: torch operations finish the statistics."""
     n, c = x.shape[:2]
     xs = K._ndhwc(x)
     s = xs.shape[1]
     piv = xs[:, 0, :].float().contiguous()
-    psum, psq = _stats(xs, 2048, 512, 8)
+    psum, psq = K.partial_sums(xs, 2048, 512, 8, 1)
     m1 = psum.double().sum(1) / s
     var = (psq.double().sum(1) / s - m1 * m1).clamp_min(0.0)
     rstd = torch.rsqrt(var + eps)
@@ -96,13 +68,14 @@ def main() -> None:
         w, b = torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda")
         y_now = K.instance_norm_ndhwc(x, w, b, 1e-5, "leaky_relu", 0.01, r)
         diff = (y_now.float() - _previous(x, w, b, r).float()).abs().max().item()
-        t_now = _time(lambda: K.instance_norm_ndhwc(x, w, b, 1e-5, "leaky_relu", 0.01, r))
-        t_before = _time(lambda: _previous(x, w, b, r))
-        t_copy = _time(lambda: x.clone())
+        t_now = median_ms(lambda: K.instance_norm_ndhwc(x, w, b, 1e-5, "leaky_relu", 0.01, r))
+        t_before = median_ms(lambda: _previous(x, w, b, r))
+        t_copy = median_ms(lambda: x.clone())
         gb = x.numel() * x.element_size() / 1e9
         total_now += t_now * count
         total_before += t_before * count
-        stats = "  ".join(f"{':'.join(map(str, st))} {gb / _time(lambda: _stats(K._ndhwc(x), *st)) * 1e3:6.0f} GB/s"
+        xs = K._ndhwc(x)
+        stats = "  ".join(f"{':'.join(map(str, st))} {gb / median_ms(lambda: K.partial_sums(xs, *st)) * 1e3:6.0f} GB/s"
                           for st in settings)
         print(f"C={c:3d} {side:3d}^3 x{count}: norm {t_now:7.3f} ms, previous {t_before:7.3f} ms "
               f"({t_before / t_now:4.2f}x, max diff {diff:.1e}); statistics read {stats}; "
@@ -113,12 +86,13 @@ def main() -> None:
         a, b = (torch.randn(args.batch, c, side, side, side, device="cuda").to(torch.bfloat16).contiguous(
             memory_format=torch.channels_last_3d) for _ in range(2))
         same = torch.equal(concat_channels_ndhwc(a, b), torch.cat((a, b), 1))
-        t_now = _time(lambda: concat_channels_ndhwc(a, b))
-        t_before = _time(lambda: torch.cat((a, b), 1))
+        t_now = median_ms(lambda: concat_channels_ndhwc(a, b))
+        t_before = median_ms(lambda: torch.cat((a, b), 1))
         gb = 4 * a.numel() * a.element_size() / 1e9     # both inputs read, the output written
         total_now, total_before = total_now + t_now, total_before + t_before
-        print(f"concat {c}+{c} at {side:3d}^3: {t_now:.3f} ms ({gb / t_now * 1e3:.0f} GB/s), torch.cat {t_before:.3f} ms "
-              f"({gb / t_before * 1e3:.0f} GB/s), {t_before / t_now:.2f}x, equal: {same}", flush=True)
+        print(f"concat {c}+{c} at {side:3d}^3: {t_now:.3f} ms ({gb / t_now * 1e3:.0f} GB/s), "
+              f"torch.cat {t_before:.3f} ms ({gb / t_before * 1e3:.0f} GB/s), {t_before / t_now:.2f}x, equal: {same}",
+              flush=True)
     print(f"per SegMamba forward pass: concatenations {total_now:.2f} ms now, {total_before:.2f} ms with torch.cat")
 
 

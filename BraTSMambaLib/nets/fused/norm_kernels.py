@@ -115,6 +115,21 @@ def _ndhwc(t: torch.Tensor) -> torch.Tensor:
     return flat.view(n, -1, c)
 
 
+def partial_sums(xs: torch.Tensor, tile: int = STATS_TILE, programs: int = STATS_PROGRAMS,
+                 warps: int = STATS_WARPS, min_tiles: int = STATS_MIN_TILES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics pass over an (N, S, C) NDHWC view: per (n, program, c) sums of x - pivot and of its
+    square, in fp32 (the settings are the module's unless a benchmark tries others)."""
+    n, s, c = xs.shape
+    block_c = max(16, triton.next_power_of_2(c))
+    block_s = max(1, tile // block_c)
+    rows = max(min_tiles * block_s, triton.cdiv(triton.cdiv(s, programs), block_s) * block_s)
+    nprog = triton.cdiv(s, rows)
+    psum = torch.empty((n, nprog, c), device=xs.device, dtype=torch.float32)
+    psq = torch.empty_like(psum)
+    _stats_kernel[(n, nprog)](xs, psum, psq, s, c, rows, BLOCK_S=block_s, BLOCK_C=block_c, num_warps=warps)
+    return psum, psq
+
+
 def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
                         act: str | None = None, slope: float = 0.01, residual: torch.Tensor | None = None,
                         extra_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,13 +140,8 @@ def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torc
     xs = _ndhwc(x)
     s = xs.shape[1]
     block_c = max(16, triton.next_power_of_2(c))
-    block_s = max(1, STATS_TILE // block_c)
-    rows = max(STATS_MIN_TILES * block_s, triton.cdiv(triton.cdiv(s, STATS_PROGRAMS), block_s) * block_s)
-    nprog = triton.cdiv(s, rows)
-    psum = torch.empty((n, nprog, c), device=x.device, dtype=torch.float32)
-    psq = torch.empty_like(psum)
-    _stats_kernel[(n, nprog)](xs, psum, psq, s, c, rows, BLOCK_S=block_s, BLOCK_C=block_c,
-                              num_warps=STATS_WARPS)
+    psum, psq = partial_sums(xs)
+    nprog = psum.shape[1]
     scale = torch.empty((n, c), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     _finish_kernel[(n, triton.cdiv(c, 64))](
