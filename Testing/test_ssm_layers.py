@@ -142,3 +142,21 @@ def test_mamba_ssm_initialisation():
     bound = m.dt_rank ** -0.5
     assert m.dt_proj.weight.abs().max() <= bound and m.dt_proj.weight.abs().max() > 0.5 * bound
     assert m.in_proj.bias is None and m.out_proj.bias is None and m.conv1d.bias is not None
+
+
+@pytest.mark.parametrize("rank,rows,align", [(3, 35, 8), (6, 38, 8), (24, 56, 8), (3, 5, 8), (3, 35, 1)])
+def test_dt_projection_widened_to_aligned_rows_is_the_same_sum(rank, rows, align):
+    """CUDA widens dt_proj's inner dimension to a multiple of 8 with zero weight columns over B's rows:
+    the result and the weight's gradient equal the plain product (no widening where x_dbl is too short)."""
+    from BraTSMambaLib.ssm.modules.mamba import apply_dt_proj
+
+    g = torch.Generator().manual_seed(rank + rows)
+    w = torch.randn(20, rank, generator=g, dtype=torch.float64, requires_grad=True)
+    x_dbl = torch.randn(2, rows, 17, generator=g, dtype=torch.float64)
+    ref = torch.bmm(w.expand(2, -1, -1), x_dbl[:, :rank])
+    (g_ref,) = torch.autograd.grad(ref.sum(), w)
+    out = apply_dt_proj(w, x_dbl, align=align)
+    (g_out,) = torch.autograd.grad(out.sum(), w)
+    assert out.shape == ref.shape == (2, 20, 17)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-12)

@@ -336,3 +336,22 @@ def test_gpu_tri_oriented_inference_path_matches_training_path(backend):
         slow = m(h)                              # parameters require grad: the autograd path
     assert fast.dtype == slow.dtype
     assert rel(fast, slow) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_gpu_layer_with_widened_dt_projection_matches_float64_transcription(backend):
+    """d_model 48: dt_rank 3, widened to 8 on CUDA (`apply_dt_proj`); fp32 on the GPU against float64."""
+    m = _layer(TriOrientedMamba, 7, d_model=48, nslices=4)
+    h = torch.randn(2, 64, 48)
+    ref = old_forward64(m, h.double(), _params64(m))
+    m = m.cuda()
+    m.scan_backend = backend
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            out = m(h.cuda()).cpu().double()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert rel(out, ref) < 1e-4

@@ -33,6 +33,7 @@ if [[ $steps == *" tests "* ]]; then
   stamp "GPU tests"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider Testing/test_ssm_cuda_scan.py Testing/test_ssm_scan.py \
     Testing/test_ssm_ops_streams.py Testing/test_ssm_triton.py Testing/test_nets_fused.py Testing/test_device_preprocessing.py \
+    Testing/test_ssm_ops_causal_conv1d.py Testing/test_ssm_layers.py \
     2>&1 | tee "$OUT/tests.log" | tail -15
 fi
 if [[ $steps == *" scan "* ]]; then
