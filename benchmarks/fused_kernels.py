@@ -32,7 +32,7 @@ SHAPES = [(48, 128, 8), (48, 64, 6), (96, 64, 6), (96, 32, 6), (192, 32, 6), (19
 def _previous(x, w, b, r, eps: float = 1e-5):
     """The norm as the sixth session ran it: torch operations finish the statistics."""
     n, c = x.shape[:2]
-    xs = K._ndhwc(x)
+    xs = K.ndhwc_view(x)
     s = xs.shape[1]
     piv = xs[:, 0, :].float().contiguous()
     psum, psq = K.partial_sums(xs, 2048, 512, 8, 1)
@@ -45,7 +45,7 @@ def _previous(x, w, b, r, eps: float = 1e-5):
     scale, shift = scale.float().contiguous(), shift.float().contiguous()
     y = torch.empty_like(x)
     ys = y.permute(0, 2, 3, 4, 1).view(n, -1, c)
-    K._apply_kernel[(triton.cdiv(s * c, 4096), n)](xs, scale, shift, K._ndhwc(r), ys, s * c, c, 0.01,
+    K._apply_kernel[(triton.cdiv(s * c, 4096), n)](xs, scale, shift, K.ndhwc_view(r), ys, s * c, c, 0.01,
                                                    ACT=2, HAS_RES=True, BLOCK=4096, num_warps=8)
     return y
 
@@ -74,7 +74,7 @@ def main() -> None:
         gb = x.numel() * x.element_size() / 1e9
         total_now += t_now * count
         total_before += t_before * count
-        xs = K._ndhwc(x)
+        xs = K.ndhwc_view(x)
         stats = "  ".join(f"{':'.join(map(str, st))} {gb / median_ms(lambda: K.partial_sums(xs, *st)) * 1e3:6.0f} GB/s"
                           for st in settings)
         print(f"C={c:3d} {side:3d}^3 x{count}: norm {t_now:7.3f} ms, previous {t_before:7.3f} ms "

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from BraTSMambaLib.nets.fused.norm_kernels import ndhwc_view
+
 ROWS = 64   # voxels per program
 
 
@@ -31,27 +33,19 @@ def _concat_kernel(a_ptr, b_ptr, y_ptr, M, CA: tl.constexpr, CB: tl.constexpr, B
     tl.store(y_ptr + rows[:, None] * (CA + CB) + CA + cb, vb, mask=ok_b)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(N*D*H*W, C) view of a channels_last_3d tensor (copying only if it is not one)."""
-    flat = t.permute(0, 2, 3, 4, 1)
-    if not flat.is_contiguous():
-        flat = flat.contiguous()
-    return flat.view(-1, t.shape[1])
-
-
 def concat_channels_ndhwc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch.cat((a, b), dim=1) for two 5-D tensors of one dtype and spatial shape; channels_last_3d result."""
     if a.dim() != 5 or a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:] or a.dtype != b.dtype:
         raise ValueError(f"cannot concatenate {tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype} "
                          "along channels")
+    if a.numel() == 0 or b.numel() == 0:
+        return torch.cat((a, b), dim=1).contiguous(memory_format=torch.channels_last_3d)
     n, ca = a.shape[:2]
     cb = b.shape[1]
     y = torch.empty((n, ca + cb, *a.shape[2:]), device=a.device, dtype=a.dtype,
                     memory_format=torch.channels_last_3d)
-    m = a.numel() // ca if ca else 0
-    if m == 0 or ca == 0 or cb == 0:
-        return torch.cat((a, b), dim=1).contiguous(memory_format=torch.channels_last_3d)
-    _concat_kernel[(triton.cdiv(m, ROWS),)](_rows(a), _rows(b), y, m, CA=ca, CB=cb,
+    m = a.numel() // ca
+    _concat_kernel[(triton.cdiv(m, ROWS),)](ndhwc_view(a), ndhwc_view(b), y, m, CA=ca, CB=cb,
                                             BLOCK_A=triton.next_power_of_2(ca), BLOCK_B=triton.next_power_of_2(cb),
                                             ROWS=ROWS, num_warps=4)
     return y

@@ -7,7 +7,7 @@ norm costs two layout copies on top of its two passes. Here the statistics are o
 (n, c) sums of x - pivot in fp32, the pivot being the first voxel's value, so a large mean does not
 cancel the variance; partial sums per block of rows), one small kernel adds the partial sums up in float64
 and folds mean, variance, weight and bias into a per-channel scale and shift (about twenty small torch
-operations before: 2.2-2.5x faster norms below 32^3, benchmarks/fused_kernels.py), and the normalisation,
+operations before: 2.1-2.6x faster norms below 32^3 on the H200, benchmarks/fused_kernels.py), and the normalisation,
 optional residual add and ReLU/LeakyReLU are one read and one write. Input and output keep NDHWC.
 This module imports triton; import it only where triton works.
 """
@@ -106,7 +106,7 @@ def _apply_kernel(x_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr, SC, C, SLOPE,
     tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def _ndhwc(t: torch.Tensor) -> torch.Tensor:
+def ndhwc_view(t: torch.Tensor) -> torch.Tensor:
     """(N, S, C) contiguous view of a channels_last_3d tensor (copying only if it is not one)."""
     n, c = t.shape[:2]
     flat = t.permute(0, 2, 3, 4, 1)
@@ -137,7 +137,7 @@ def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torc
     is channels_last_3d in x's dtype. Statistics in fp32 (biased variance, as nn.InstanceNorm3d).
     `extra_bias` (per channel) is where a residual branch's convolution bias goes."""
     n, c = x.shape[:2]
-    xs = _ndhwc(x)
+    xs = ndhwc_view(x)
     s = xs.shape[1]
     block_c = max(16, triton.next_power_of_2(c))
     psum, psq = partial_sums(xs)
@@ -151,7 +151,7 @@ def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torc
         BLOCK_P=64, BLOCK_C=min(block_c, 64), num_warps=8)
     y = torch.empty((n, c, *x.shape[2:]), device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
     ys = y.permute(0, 2, 3, 4, 1).view(n, -1, c)
-    res = _ndhwc(residual.to(x.dtype)) if residual is not None else xs
+    res = ndhwc_view(residual.to(x.dtype)) if residual is not None else xs
     block = 4096
     _apply_kernel[(triton.cdiv(s * c, block), n)](xs, scale, shift, res, ys, s * c, c, float(slope),
                                                   ACT=ACTS[act], HAS_RES=residual is not None, BLOCK=block,
