@@ -1,8 +1,10 @@
 """Inference forms of the convolution blocks our networks are built from: every instance norm's
 following residual add and activation happen in the same pass (`norm_kernels`), a convolution's
 bias is dropped where an instance norm follows it (the norm subtracts every per-channel constant)
-or moved into that norm's shift where it feeds the residual, and the UNETR decoder's skip
-concatenation is one vectorised copy (`concat_kernel`).
+or moved into that norm's shift where it feeds the residual, the UNETR decoder's skip
+concatenation is one vectorised copy (`concat_kernel`), and the 3x3x3 convolutions at 48 channels and on
+the 4-channel input (with a residual branch's 1x1x1 convolution of it) run our own kernels, which also write
+the statistics of the norms that follow (`conv3d_kernels`).
 
 `fuse_norms(model)` changes module classes in place (`module.__class__ = Fused...`): each fused
 class subclasses the original and only overrides `forward`, so parameters, buffers, state-dict keys,
@@ -18,6 +20,8 @@ import os
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from BraTSMambaLib.nets.fused import conv3d_kernels
 
 
 def _triton_module(name: str):
@@ -85,20 +89,37 @@ def _plain_conv(module: nn.Module) -> nn.Conv3d | None:
 def _conv_without_bias(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(module(x) without its bias, the bias): for a convolution an instance norm follows, whose
     per-channel bias the norm would subtract again (or which the norm's shift can take)."""
+    y, bias, _ = _conv_for_norm(module, x, sums=False)
+    return y, bias
+
+
+def _conv_for_norm(module: nn.Module, x: torch.Tensor, sums: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(module(x) without its bias, the bias, the output's partial sums for the instance norm that follows
+    or None): 48-channel 3x3x3 convolutions run `conv3d_kernels.conv3d_c48`, which writes the sums as it
+    stores."""
     conv = _plain_conv(module)
     if conv is None:
-        return module(x), None
-    return F.conv3d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups), conv.bias
+        return module(x), None, None
+    if conv3d_kernels.applies(x, conv):
+        if sums:
+            y, partial = conv3d_kernels.conv3d_c48(x, conv.weight, stats=True)
+            return y, conv.bias, partial
+        return conv3d_kernels.conv3d_c48(x, conv.weight), conv.bias, None
+    return F.conv3d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups), conv.bias, None
 
 
 class FusedInstanceNorm3d(nn.InstanceNorm3d):
     """nn.InstanceNorm3d whose forward also takes the residual to add and the activation to apply."""
 
     def fused(self, x: torch.Tensor, residual: torch.Tensor | None = None, act: nn.Module | None = None,
-              extra_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """The kernel path (callers have checked `_fast`): act(norm(x) + extra_bias + residual)."""
+              extra_bias: torch.Tensor | None = None, sums: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> torch.Tensor:
+        """The kernel path (callers have checked `_fast`): act(norm(x) + extra_bias + residual); `sums` are
+        x's partial sums where the convolution that wrote x made them."""
         kind, slope = _act_of(act)
-        return _kernels().instance_norm_ndhwc(x, self.weight, self.bias, self.eps, kind, slope, residual, extra_bias)
+        return _kernels().instance_norm_ndhwc(x, self.weight, self.bias, self.eps, kind, slope, residual, extra_bias,
+                                              sums=sums)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, act: nn.Module | None = None
                 ) -> torch.Tensor:
@@ -138,21 +159,37 @@ def _fused_blocks() -> dict[type, type]:
     from BraTSMambaLib.nets.segmamba import GSC
 
     def conv_norm(conv, norm, x, act=None, residual=None):
-        y, _ = _conv_without_bias(conv, x)
-        return norm.fused(y, residual=residual, act=act)
+        y, _, sums = _conv_for_norm(conv, x)
+        return norm.fused(y, residual=residual, act=act, sums=sums)
+
+    def input_convs(block, inp):
+        """(act(norm1(conv1(inp))), norm3(conv3(inp))) from one `conv3d_c4` call on a 4-channel input (the
+        convolutions' biases cancel in the norms), or None where that kernel does not serve the block."""
+        conv1 = _plain_conv(block.conv1)
+        conv3 = _plain_conv(block.conv3) if hasattr(block, "conv3") else None
+        if (conv1 is None or (hasattr(block, "conv3") and (conv3 is None or not _norm(getattr(block, "norm3", None))))
+                or not conv3d_kernels.applies_c4(inp, conv1, conv3)):
+            return None
+        ys, sums = conv3d_kernels.conv3d_c4(inp, conv1.weight, None if conv3 is None else conv3.weight, stats=True)
+        out = block.norm1.fused(ys[0], act=block.lrelu, sums=sums[0])
+        return out, inp if conv3 is None else block.norm3.fused(ys[1], sums=sums[1])
 
     class FusedUnetResBlock(UnetResBlock):
         def forward(self, inp):
             if not (_norm(self.norm1) and _norm(self.norm2) and _fusable(self.lrelu) and _fast(inp, self)):
                 return super().forward(inp)
-            out = conv_norm(self.conv1, self.norm1, inp, act=self.lrelu)
-            out, _ = _conv_without_bias(self.conv2, out)
-            residual = inp
-            if hasattr(self, "conv3"):
-                residual = self.conv3(inp)
-            if hasattr(self, "norm3"):
-                residual = self.norm3(residual)
-            return self.norm2.fused(out, residual=residual, act=self.lrelu)
+            both = input_convs(self, inp)
+            if both is not None:
+                out, residual = both
+            else:
+                out = conv_norm(self.conv1, self.norm1, inp, act=self.lrelu)
+                residual = inp
+                if hasattr(self, "conv3"):
+                    residual = self.conv3(inp)
+                if hasattr(self, "norm3"):
+                    residual = self.norm3(residual)
+            out, _, sums = _conv_for_norm(self.conv2, out)
+            return self.norm2.fused(out, residual=residual, act=self.lrelu, sums=sums)
 
     class FusedUnetBasicBlock(UnetBasicBlock):
         def forward(self, inp):
@@ -206,11 +243,11 @@ def _fused_blocks() -> dict[type, type]:
                     and _fast(x, self)):
                 return super().forward(x)
             y = conv_norm(self.conv1, self.norm1, x, act=self.act1)
-            y, _ = _conv_without_bias(self.conv2, y)
+            y, _, sums = _conv_for_norm(self.conv2, y)
             residual, extra = x, None
             if self.conv3 is not None:
                 residual, extra = _conv_without_bias(self.conv3, x)   # its bias joins the norm's shift
-            return self.norm2.fused(y, residual=residual, act=self.act2, extra_bias=extra)
+            return self.norm2.fused(y, residual=residual, act=self.act2, extra_bias=extra, sums=sums)
 
     class FusedUpsampleLayer(UpsampleLayer):
         """Nearest upsampling commutes with a 1x1 convolution: convolve the 8x smaller input first."""

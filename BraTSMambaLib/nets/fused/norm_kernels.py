@@ -54,10 +54,10 @@ def _stats_kernel(x_ptr, psum_ptr, psq_ptr, S, C, ROWS_PER_PROG,
 
 @triton.jit
 def _finish_kernel(x_ptr, psum_ptr, psq_ptr, w_ptr, b_ptr, eb_ptr, scale_ptr, shift_ptr, S, C, NPROG, eps,
-                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_EB: tl.constexpr,
+                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_EB: tl.constexpr, PIVOT: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per (n, c): the statistics pass's partial sums added in float64, then scale = rstd * w and
-    shift = b + extra_bias - mean * scale, so that the apply pass is one FMA per element."""
+    """Per (n, c): the partial sums (of x - pivot where PIVOT, else of x) added in float64, then
+    scale = rstd * w and shift = b + extra_bias - mean * scale, so that the apply pass is one FMA per element."""
     n = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
@@ -72,7 +72,10 @@ def _finish_kernel(x_ptr, psum_ptr, psq_ptr, w_ptr, b_ptr, eb_ptr, scale_ptr, sh
     m1 = tl.sum(s1, axis=0) / S
     var = tl.maximum(tl.sum(s2, axis=0) / S - m1 * m1, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
-    piv = tl.load(x_ptr + n.to(tl.int64) * S * C + offs_c, mask=c_ok, other=0.0).to(tl.float64)
+    if PIVOT:
+        piv = tl.load(x_ptr + n.to(tl.int64) * S * C + offs_c, mask=c_ok, other=0.0).to(tl.float64)
+    else:
+        piv = tl.zeros((BLOCK_C,), dtype=tl.float64)
     scale = rstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + offs_c, mask=c_ok, other=1.0).to(tl.float64)
@@ -132,22 +135,25 @@ def partial_sums(xs: torch.Tensor, tile: int = STATS_TILE, programs: int = STATS
 
 def instance_norm_ndhwc(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
                         act: str | None = None, slope: float = 0.01, residual: torch.Tensor | None = None,
-                        extra_bias: torch.Tensor | None = None) -> torch.Tensor:
+                        extra_bias: torch.Tensor | None = None,
+                        sums: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """act(instance_norm(x) * weight + bias + extra_bias + residual) for a 5-D CUDA tensor; the result
     is channels_last_3d in x's dtype. Statistics in fp32 (biased variance, as nn.InstanceNorm3d).
-    `extra_bias` (per channel) is where a residual branch's convolution bias goes."""
+    `extra_bias` (per channel) is where a residual branch's convolution bias goes. `sums`: x's partial
+    sums and sums of squares, each (N, parts, C) fp32, from the convolution that wrote x
+    (`conv3d_kernels`), in place of the statistics pass."""
     n, c = x.shape[:2]
     xs = ndhwc_view(x)
     s = xs.shape[1]
     block_c = max(16, triton.next_power_of_2(c))
-    psum, psq = partial_sums(xs)
+    psum, psq = partial_sums(xs) if sums is None else sums
     nprog = psum.shape[1]
     scale = torch.empty((n, c), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     _finish_kernel[(n, triton.cdiv(c, 64))](
         xs, psum, psq, xs if weight is None else weight, xs if bias is None else bias,
         xs if extra_bias is None else extra_bias, scale, shift, s, c, nprog, float(eps),
-        HAS_W=weight is not None, HAS_B=bias is not None, HAS_EB=extra_bias is not None,
+        HAS_W=weight is not None, HAS_B=bias is not None, HAS_EB=extra_bias is not None, PIVOT=sums is None,
         BLOCK_P=64, BLOCK_C=min(block_c, 64), num_warps=8)
     y = torch.empty((n, c, *x.shape[2:]), device=x.device, dtype=x.dtype, memory_format=torch.channels_last_3d)
     ys = y.permute(0, 2, 3, 4, 1).view(n, -1, c)

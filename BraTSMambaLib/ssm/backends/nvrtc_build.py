@@ -125,28 +125,44 @@ def kernel(source: Path, defines: dict[str, str], name: str, device: torch.devic
     return _load(source, tuple(sorted(defines.items())), name, torch.device(device).index or 0)
 
 
-def launch(fn, grid: tuple[int, int, int], block: tuple[int, int, int], args: list) -> None:
-    """Launch `fn` on the current stream; `args` are ctypes values in the kernel's parameter order."""
+def launch(fn, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, shared: int = 0) -> None:
+    """Launch `fn` on the current stream; `args` are ctypes values in the kernel's parameter order, `shared`
+    the bytes of dynamic shared memory (over 48 KB only after `allow_shared`)."""
     u = _utils()
     ptrs = (ctypes.c_void_p * len(args))(*(ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args))
     stream = torch.cuda.current_stream()
     u._check_cuda(_driver().cuLaunchKernel(
-        fn.func, *grid, *block, 0, ctypes.c_void_p(stream.cuda_stream), ptrs, None))
+        fn.func, *grid, *block, shared, ctypes.c_void_p(stream.cuda_stream), ptrs, None))
+
+
+#: CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (cuda.h)
+_MAX_DYNAMIC_SHARED = 8
+
+
+def allow_shared(fn, nbytes: int) -> None:
+    """Let launches of the loaded kernel `fn` ask for `nbytes` of dynamic shared memory (the driver refuses
+    more than 48 KB unless told; NvrtcError if this GPU has less)."""
+    try:
+        _utils()._check_cuda(_driver().cuFuncSetAttribute(fn.func, ctypes.c_int(_MAX_DYNAMIC_SHARED),
+                                                          ctypes.c_int(nbytes)))
+    except Exception as e:  # noqa: BLE001 - a driver refusal: report it, the caller falls back
+        raise NvrtcError(f"the driver refused {nbytes} bytes of shared memory: {type(e).__name__}: {e}") from e
 
 
 @functools.lru_cache(maxsize=64)
-def _resident_blocks(func_handle: int, threads: int) -> int:
+def _resident_blocks(func_handle: int, threads: int, shared: int) -> int:
     n = ctypes.c_int()
     try:
         _utils()._check_cuda(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(
-            ctypes.byref(n), ctypes.c_void_p(func_handle), ctypes.c_int(threads), ctypes.c_size_t(0)))
+            ctypes.byref(n), ctypes.c_void_p(func_handle), ctypes.c_int(threads), ctypes.c_size_t(shared)))
     except Exception as e:  # noqa: BLE001 - a driver refusal: report it, the caller falls back
         raise NvrtcError(f"the driver's occupancy calculator failed: {type(e).__name__}: {e}") from e
     return max(1, n.value)
 
 
-def resident_blocks(fn, threads: int) -> int:
-    """How many blocks of `threads` threads of the loaded kernel `fn` fit on one multiprocessor at once
-    (the driver's occupancy calculator: registers, shared memory, warps)."""
+def resident_blocks(fn, threads: int, shared: int = 0) -> int:
+    """How many blocks of `threads` threads of the loaded kernel `fn`, each with `shared` bytes of dynamic
+    shared memory, fit on one multiprocessor at once (the driver's occupancy calculator: registers, shared
+    memory, warps)."""
     handle = fn.func.value if hasattr(fn.func, "value") else fn.func
-    return _resident_blocks(int(handle), threads)
+    return _resident_blocks(int(handle), threads, shared)
