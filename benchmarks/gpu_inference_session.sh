@@ -6,8 +6,8 @@
 #
 #   bash benchmarks/gpu_inference_session.sh
 #
-# Steps: tests, norms (benchmarks/fused_kernels.py), cutlass (benchmarks/conv3d_cutlass.py), scan (triton and both cuda kernels; SCAN_VARIANTS adds cuda rows under other settings), ncu,
-# profile (profile_gpu.py, SegMamba), concurrent (two forward passes on two streams), layer, segment (SEGMENT_ARGS adds options), streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), fallback
+# Steps: tests, norms (benchmarks/fused_kernels.py), convs (benchmarks/conv3d_kernels.py), cutlass (benchmarks/conv3d_cutlass.py), scan (triton and both cuda kernels; SCAN_VARIANTS adds cuda rows under other settings), ncu,
+# profile (profile_gpu.py, SegMamba), concurrent (two forward passes on two streams), layer, segment (SEGMENT_ARGS adds options), streamsoff (segment.py with BRATSMAMBA_LAYER_STREAMS=0), convsoff (with BRATSMAMBA_CONV3D=0), fallback
 # (SegMamba with the Mamba-layer ops in PyTorch, scan backend cuda vs torch: what a GPU without Triton uses),
 # cudnn (SegMamba with cuDNN's autotuner limited to 10 algorithms, PyTorch's default, and trying all; and 16
 # tiles per forward pass instead of 8), batch (segment --batch of COPIES links of the case, sequential vs
@@ -33,7 +33,7 @@ if [[ $steps == *" tests "* ]]; then
   stamp "GPU tests"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider Testing/test_ssm_cuda_scan.py Testing/test_ssm_scan.py \
     Testing/test_ssm_ops_streams.py Testing/test_ssm_triton.py Testing/test_nets_fused.py Testing/test_device_preprocessing.py \
-    Testing/test_ssm_ops_causal_conv1d.py Testing/test_ssm_layers.py \
+    Testing/test_ssm_ops_causal_conv1d.py Testing/test_ssm_layers.py Testing/test_conv3d_kernels.py \
     2>&1 | tee "$OUT/tests.log" | tail -15
 fi
 if [[ $steps == *" scan "* ]]; then
@@ -58,6 +58,10 @@ fi
 if [[ $steps == *" norms "* ]]; then   # nets.fused's norm and concatenation kernels (NORM_SWEEP: statistics settings)
   stamp "fused kernels: instance norms, concatenation"
   timeout 200 python3 benchmarks/fused_kernels.py ${NORM_SWEEP:+--sweep $NORM_SWEEP} 2>&1 | tee "$OUT/norms.log" | tail -12
+fi
+if [[ $steps == *" convs "* ]]; then   # our convolutions against cuDNN
+  stamp "conv3d_kernels vs cuDNN"
+  timeout 200 python3 benchmarks/conv3d_kernels.py --json "$OUT/convs.json" 2>&1 | tee "$OUT/convs.log" | tail -8
 fi
 if [[ $steps == *" cutlass "* ]]; then   # CUTLASS sm90 convolutions vs cuDNN (libraries prebuilt in CUTLASS_BUILD)
   stamp "CUTLASS convolutions"
@@ -90,6 +94,12 @@ if [[ $steps == *" streamsoff "* ]]; then   # the same without side streams for 
   BRATSMAMBA_LAYER_STREAMS=0 timeout 200 python3 benchmarks/segment.py --case "$CASE" --models ${MODELS:-segmamba umambabot} \
     --no-stock --repeats ${REPEATS:-3} --warmup 1 --json "$OUT/segment_streams_off.json" 2>&1 \
     | tee "$OUT/segment_streams_off.log" | grep -E "^\[|ours :"
+fi
+if [[ $steps == *" convsoff "* ]]; then   # the same with cuDNN for every convolution (nets/fused/conv3d_kernels.py off)
+  stamp "whole case, BRATSMAMBA_CONV3D=0"
+  BRATSMAMBA_CONV3D=0 timeout 200 python3 benchmarks/segment.py --case "$CASE" --models ${MODELS:-segmamba umambabot} \
+    --no-stock --repeats ${REPEATS:-3} --warmup 1 --json "$OUT/segment_convs_off.json" 2>&1 \
+    | tee "$OUT/segment_convs_off.log" | grep -E "^\[|ours :"
 fi
 if [[ $steps == *" fallback "* ]]; then   # the scans a GPU without Triton can use: cuda (NVRTC) vs torch
   stamp "whole case, Mamba-layer ops in PyTorch (BRATSMAMBA_LAYER_KERNELS=torch), scan cuda vs torch"
