@@ -1,7 +1,9 @@
 """Inference-time rewrites of networks for CUDA, each exact and keeping the parameters and state-dict keys:
 instance norm + residual add + activation in one pass and layer norm over narrow rows in one pass
-(Triton, `blocks`), the UNETR decoder's skip concatenation as one vectorised copy (`concat_kernel`), and a
-few-channel strided convolution as a space-to-depth convolution (`space_to_depth`). Off CUDA, or when
+(Triton, `blocks`), the UNETR decoder's skip concatenation as one vectorised copy (`concat_kernel`),
+SegMamba's full-resolution 3x3x3 convolutions in kernels of our own that also write the next norm's
+statistics (`conv3d_kernels`), and a few-channel strided convolution as a space-to-depth convolution
+(`space_to_depth`). Off CUDA, or when
 gradients are needed, every module runs its original code."""
 from torch import nn
 
