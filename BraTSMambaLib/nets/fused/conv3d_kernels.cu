@@ -167,6 +167,27 @@ __device__ __forceinline__ void zero_sums(float (&s1)[6][2], float (&s2)[6][2]) 
     for (int j = 0; j < 6; ++j) s1[j][0] = s1[j][1] = s2[j][0] = s2[j][1] = 0.f;
 }
 
+template <int MT>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][6][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < 6; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+}
+
+// acc[i][j] += A_i x B_j for MT m-tiles of 16 rows and the six n-tiles of 8 output channels (b[p] holds
+// n-tiles 2p and 2p + 1, each as its two k halves).
+template <int MT>
+__device__ __forceinline__ void mma_tiles(float (&acc)[MT][6][4], const unsigned (&a)[MT][4], const unsigned (&b)[3][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < 6; ++j)
+            mma16816(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+}
+
 // x: [N, D, H, W, 48]; w: [27 taps (kz, ky, kx), 48 out, 48 in]; y: [N, D, H, W, 48]; D, H, W multiples
 // of 8. stats (STATS only): [2, tiles, 48] floats, per tile the sums of y and of y^2 over its 512 voxels
 // (tiles are numbered sample-major, so [k, n * tiles_per_sample + i, c] are sample n's).
@@ -214,12 +235,7 @@ conv3x3x3_c48(const elem* __restrict__ x, const elem* __restrict__ w, elem* __re
         __syncthreads();
 
         float acc[4][6][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 6; ++j)
-#pragma unroll
-                for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+        zero_acc(acc);
 
 #pragma unroll 1
         for (int dzy = 0; dzy < 9; ++dzy) {
@@ -237,11 +253,7 @@ conv3x3x3_c48(const elem* __restrict__ x, const elem* __restrict__ w, elem* __re
 #pragma unroll
                     for (int p = 0; p < 3; ++p)
                         ldmatrix_x4(b[p], s_w + swz(tap * CO + 16 * p + b_row, 2 * s + (q & 1)));
-#pragma unroll
-                    for (int i = 0; i < 4; ++i)
-#pragma unroll
-                        for (int j = 0; j < 6; ++j)
-                            mma16816(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+                    mma_tiles(acc, a, b);
                 }
             }
         }
@@ -273,6 +285,18 @@ __device__ __forceinline__ unsigned wswz(int v, int u) {   // 32-byte weight row
 
 __device__ __forceinline__ void cp_async8(unsigned dst, const void* src, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+
+// One K step of 16 for m-tiles i = 0, 1: A rows from halo row `a_row` + 2i (the lane's address in `a_base`),
+// B from the weight block starting at weight row `w_row`.
+__device__ __forceinline__ void c4_step(float (&acc)[2][6][4], unsigned a_base, int a_row, unsigned s_w, int w_row,
+                                        int b_row, int b_unit) {
+    unsigned a[2][4], b[3][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) ldmatrix_x4(a[i], a_base + (a_row + 2 * i) * C4_ROW);
+#pragma unroll
+    for (int p = 0; p < 3; ++p) ldmatrix_x4(b[p], s_w + wswz(w_row + 16 * p + b_row, b_unit));
+    mma_tiles(acc, a, b);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 2)
@@ -335,26 +359,11 @@ conv3x3x3_c4(const elem* __restrict__ x, const elem* __restrict__ w, const elem*
 #pragma unroll 1
         for (int half = 0; half < 2; ++half) {   // m-tiles 2 half, 2 half + 1 (rows y 4 half .. 4 half + 3)
             float acc[2][6][4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 6; ++j)
-#pragma unroll
-                    for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
+            zero_acc(acc);
 #pragma unroll
             for (int s = 0; s < 9; ++s) {
                 const int dz = s / 3, dy = s - dz * 3;
-                unsigned a[2][4], b[3][4];
-#pragma unroll
-                for (int i = 0; i < 2; ++i)
-                    ldmatrix_x4(a[i], a_base + ((dz * HY + dy) + 2 * (2 * half + i)) * C4_ROW);
-#pragma unroll
-                for (int p = 0; p < 3; ++p) ldmatrix_x4(b[p], s_w + wswz(s * CO + 16 * p + b_row, b_unit));
-#pragma unroll
-                for (int i = 0; i < 2; ++i)
-#pragma unroll
-                    for (int j = 0; j < 6; ++j)
-                        mma16816(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+                c4_step(acc, a_base, dz * HY + dy + 4 * half, s_w, s * CO, b_row, b_unit);
             }
             store_rows<2>(acc, y + first, 2 * half, W, s1, s2);
         }
@@ -366,22 +375,8 @@ conv3x3x3_c4(const elem* __restrict__ x, const elem* __restrict__ w, const elem*
 #pragma unroll 1
         for (int half = 0; half < 2; ++half) {
             float acc[2][6][4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 6; ++j)
-#pragma unroll
-                    for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.f;
-            unsigned a[2][4], b[3][4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) ldmatrix_x4(a[i], a_base + ((HY + 1) + 2 * (2 * half + i)) * C4_ROW);
-#pragma unroll
-            for (int p = 0; p < 3; ++p) ldmatrix_x4(b[p], s_w + wswz(9 * CO + 16 * p + b_row, b_unit));
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 6; ++j)
-                    mma16816(acc[i][j], a[i], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+            zero_acc(acc);
+            c4_step(acc, a_base, HY + 1 + 4 * half, s_w, 9 * CO, b_row, b_unit);   // the centre voxel
             store_rows<2>(acc, y1 + first, 2 * half, W, s1, s2);
         }
 #if STATS
