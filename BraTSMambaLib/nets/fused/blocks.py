@@ -165,10 +165,12 @@ def _fused_blocks() -> dict[type, type]:
     def input_convs(block, inp):
         """(act(norm1(conv1(inp))), norm3(conv3(inp))) from one `conv3d_c4` call on a 4-channel input (the
         convolutions' biases cancel in the norms), or None where that kernel does not serve the block."""
-        conv1 = _plain_conv(block.conv1)
-        conv3 = _plain_conv(block.conv3) if hasattr(block, "conv3") else None
-        if (conv1 is None or (hasattr(block, "conv3") and (conv3 is None or not _norm(getattr(block, "norm3", None))))
-                or not conv3d_kernels.applies_c4(inp, conv1, conv3)):
+        conv1, conv3 = _plain_conv(block.conv1), None
+        if hasattr(block, "conv3"):
+            conv3 = _plain_conv(block.conv3)
+            if conv3 is None or not _norm(getattr(block, "norm3", None)):
+                return None
+        if conv1 is None or not conv3d_kernels.applies_c4(inp, conv1, conv3):
             return None
         ys, sums = conv3d_kernels.conv3d_c4(inp, conv1.weight, None if conv3 is None else conv3.weight, stats=True)
         out = block.norm1.fused(ys[0], act=block.lrelu, sums=sums[0])

@@ -132,7 +132,7 @@ def _launch(name: str, x: torch.Tensor, weights: list[torch.Tensor | None], outp
     fn = _kernel(name, index, tuple(sorted(variant.items())))
     sms = torch.cuda.get_device_properties(index).multi_processor_count
     blocks = min(tiles, sms * nvrtc_build.resident_blocks(fn, THREADS, shared))
-    ptr = lambda t: ctypes.c_void_p(t.data_ptr() if t is not None else 0)   # noqa: E731
+    ptr = nvrtc_build.pointer
     with torch.cuda.device(index):
         nvrtc_build.launch(fn, (blocks, 1, 1), (THREADS, 1, 1), [
             ptr(x), *(ptr(w) for w in weights), *(ptr(y) for y in ys), *(ptr(None) for _ in range(slots - outputs)),

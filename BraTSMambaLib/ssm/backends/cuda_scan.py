@@ -225,10 +225,6 @@ def _rows_launch(b: int, E: int, G: int, L: int, device: torch.device, chunked_d
     return "scan_rows", (per_chunk, -(-L // chunk_len), 1), (threads, 1, 1), chunk_len, [ctypes.c_int(int(vec_rows))]
 
 
-def _p(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(None if t is None else t.data_ptr())
-
-
 def _i(*vals: int) -> list[ctypes.c_longlong]:
     return [ctypes.c_longlong(int(v)) for v in vals]
 
@@ -237,6 +233,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False):
     """mamba_ssm's `selective_scan_fn` forward on the GPU (shapes and semantics: `ssm.selective_scan`)."""
     from BraTSMambaLib.ssm.backends.nvrtc_build import NvrtcError, launch
+    from BraTSMambaLib.ssm.backends.nvrtc_build import pointer as _p
 
     if records_grad(u, delta, A, B, C, D, z, delta_bias):
         raise BackendUnavailableError("scan backend 'cuda' is forward-only: use 'triton' (or auto) when training")

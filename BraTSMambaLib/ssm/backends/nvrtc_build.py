@@ -125,6 +125,11 @@ def kernel(source: Path, defines: dict[str, str], name: str, device: torch.devic
     return _load(source, tuple(sorted(defines.items())), name, torch.device(device).index or 0)
 
 
+def pointer(t: torch.Tensor | None) -> ctypes.c_void_p:
+    """A kernel argument for tensor `t`'s data (null for None)."""
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
+
+
 def launch(fn, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, shared: int = 0) -> None:
     """Launch `fn` on the current stream; `args` are ctypes values in the kernel's parameter order, `shared`
     the bytes of dynamic shared memory (over 48 KB only after `allow_shared`)."""
